@@ -1,0 +1,167 @@
+"""Writes a pruned embedder as a Hugging Face + sentence-transformers directory.
+
+A structure a stock config can express (layers dropped, all heads kept, one FFN width) is written
+as a plain BERT / RoBERTa / XLM-R config that needs no remote code. Anything else ships the
+prunable encoder's modeling file and an `auto_map`, loading with `trust_remote_code=True`.
+
+The directory is written beside its destination under a temporary name and renamed into place,
+so an interrupted export leaves nothing half-written, and an existing one is replaced only when
+asked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from . import modeling_prunable_encoder
+from .accounting import Structure, count_parameters
+from .embedder import Embedder
+from .sources import BGE_M3_HEAD_FILES
+
+STOCK_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+_MODELING_FILE = Path(modeling_prunable_encoder.__file__)
+_CONFIG_CLASS = modeling_prunable_encoder.PrunableEncoderConfig.__name__
+_MODEL_CLASS = modeling_prunable_encoder.PrunableEncoderModel.__name__
+
+
+class ExportError(ValueError):
+    """An export that cannot be written; nothing was changed on disk."""
+
+
+def needs_remote_code(config) -> bool:
+    uniform_ffn = len(set(config.intermediate_sizes)) <= 1 and config.intermediate_size > 0
+    all_heads = all(h == config.num_attention_heads for h in config.heads_per_layer)
+    full_width = config.num_attention_heads * config.attention_head_size == config.hidden_size
+    return not (config.source_model_type in STOCK_MODEL_TYPES and uniform_ffn and all_heads and full_width)
+
+
+def _stock_config_dict(config) -> dict:
+    from transformers import AutoConfig
+
+    keys = (
+        "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
+        "hidden_dropout_prob attention_probs_dropout_prob max_position_embeddings type_vocab_size "
+        "initializer_range layer_norm_eps pad_token_id bos_token_id eos_token_id"
+    ).split()
+    fields = {k: getattr(config, k) for k in keys if getattr(config, k, None) is not None}
+    stock = AutoConfig.for_model(config.source_model_type, **fields)
+    stock.architectures = [{"bert": "BertModel", "roberta": "RobertaModel"}.get(config.source_model_type, "XLMRobertaModel")]
+    return stock.to_dict()
+
+
+def _remote_code_config_dict(config) -> dict:
+    data = config.to_dict()
+    module = _MODELING_FILE.stem
+    data["auto_map"] = {"AutoConfig": f"{module}.{_CONFIG_CLASS}", "AutoModel": f"{module}.{_MODEL_CLASS}"}
+    data["architectures"] = [_MODEL_CLASS]
+    return data
+
+
+def _write_sentence_transformers_files(embedder: Embedder, directory: Path) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if embedder.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir()
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": embedder.max_length, "do_lower_case": False}, indent=2)
+    )
+    pooling = {
+        "word_embedding_dimension": embedder.config.hidden_size,
+        "pooling_mode_cls_token": embedder.pooling == "cls",
+        "pooling_mode_mean_tokens": embedder.pooling == "mean",
+        "pooling_mode_max_tokens": embedder.pooling == "max",
+        "pooling_mode_mean_sqrt_len_tokens": embedder.pooling == "mean_sqrt_len_tokens",
+    }
+    (directory / "1_Pooling").mkdir()
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    (directory / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}, indent=2))
+
+
+def _model_card(info: dict, remote_code: bool) -> str:
+    flag = ", trust_remote_code=True" if remote_code else ""
+    after = info["parameters_after"]
+    before = info["parameters_before"]
+    return f"""# Pruned from {info['source_model']}
+
+Structure kept: {info['structure_description']}.
+Parameters: {after['total']:,} (was {before['total']:,}; encoder {after['encoder']:,}, was {before['encoder']:,}).
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("path/to/this/directory"{flag})
+embeddings = model.encode(["A sentence to embed."])
+```
+
+`pruning_info.json` lists every kept layer, head and FFN width, and the sizes before and after.
+"""
+
+
+def pruning_info(
+    embedder: Embedder, source_model: str, source_config, kept_layers: list[dict] | None = None, extra: dict | None = None
+) -> dict:
+    """What an export records about where it came from and what it kept."""
+    heads = embedder.output_head_parameters()
+    structure = Structure.of(embedder.config)
+    return {
+        "source_model": source_model,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "structure_description": structure.describe(),
+        "heads_per_layer": list(structure.heads_per_layer),
+        "intermediate_sizes": list(structure.intermediate_sizes),
+        "kept_layers": kept_layers,
+        "parameters_before": count_parameters(source_config, None, heads).as_dict(),
+        "parameters_after": count_parameters(embedder.config, structure, heads).as_dict(),
+        **(extra or {}),
+    }
+
+
+def export_embedder(embedder: Embedder, destination: str | Path, info: dict, overwrite: bool = False) -> Path:
+    """Writes the directory and returns its path. `info` becomes pruning_info.json."""
+    destination = Path(destination).expanduser().resolve()
+    if destination.exists() and not overwrite:
+        raise ExportError(f"{destination} already exists: choose another directory or allow overwriting it")
+    if destination.exists() and not destination.is_dir():
+        raise ExportError(f"{destination} exists and is not a directory")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        config = embedder.config
+        remote_code = needs_remote_code(config)
+        config_dict = _remote_code_config_dict(config) if remote_code else _stock_config_dict(config)
+        (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+        if remote_code:
+            shutil.copyfile(_MODELING_FILE, staging / _MODELING_FILE.name)
+        state = {k: v.detach().contiguous().cpu() for k, v in embedder.encoder.state_dict().items()}
+        save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
+        embedder.tokenizer.save_pretrained(staging)
+        _write_sentence_transformers_files(embedder, staging)
+        for name, filename in BGE_M3_HEAD_FILES.items():
+            head = getattr(embedder, name)
+            if head is not None:
+                torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, staging / filename)
+        info = {**info, "needs_trust_remote_code": remote_code}
+        (staging / "pruning_info.json").write_text(json.dumps(info, indent=2))
+        (staging / "README.md").write_text(_model_card(info, remote_code))
+        if destination.exists():
+            replaced = destination.parent / f".{destination.name}.replaced-{uuid.uuid4().hex[:8]}"
+            destination.rename(replaced)
+            staging.rename(destination)
+            shutil.rmtree(replaced)
+        else:
+            staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination

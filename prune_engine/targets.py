@@ -1,0 +1,214 @@
+"""Size targets, the Lagrangian that pulls the expected size to them, and the final top-k masks.
+
+Two ways to state a target:
+- `ArchitectureTarget`: the original design's `target_model: {n_layers, n_heads, intermediate_size}`,
+  a uniform result. Three constraints (layers, heads per layer, neurons per layer) are enforced.
+- `ParameterBudget`: a count of encoder or total parameters; the method allocates heads and
+  neurons per layer freely. One constraint on the expected parameter count.
+
+Each constraint is a relative gap (expected - target) / full size, so one set of multiplier
+learning rates works for MiniLM and BGE-M3 alike. The target is ramped linearly from the full
+size over a warmup, as in CoFi / Sheared-LLaMA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .accounting import (
+    Structure,
+    attention_parameters_per_head,
+    count_parameters,
+    ffn_parameters_per_neuron,
+)
+from .l0 import L0Masks, StructureMasks
+from .modeling_prunable_encoder import PrunableEncoderConfig
+
+
+class TargetError(ValueError):
+    """A target the model cannot reach; the message says what the model has."""
+
+
+def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(scores, min(k, scores.numel())).indices] = True
+    return mask
+
+
+def _all_kept(config: PrunableEncoderConfig) -> dict[str, list[torch.Tensor]]:
+    return {
+        "layers": [torch.ones(1) for _ in range(config.num_hidden_layers)],
+        "heads": [torch.ones(h) for h in config.heads_per_layer],
+        "ffn": [torch.ones(f) for f in config.intermediate_sizes],
+    }
+
+
+def _ramped(full: float, final: float, ramp: float) -> float:
+    return full + (final - full) * min(max(ramp, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class ArchitectureTarget:
+    n_layers: int
+    n_heads: int
+    intermediate_size: int
+
+    def validate(self, config: PrunableEncoderConfig, structures: tuple[str, ...]) -> None:
+        limits = {
+            "n_layers": (self.n_layers, config.num_hidden_layers, "layers"),
+            "n_heads": (self.n_heads, max(config.heads_per_layer, default=0), "heads"),
+            "intermediate_size": (self.intermediate_size, max(config.intermediate_sizes, default=0), "ffn"),
+        }
+        for key, (wanted, available, structure) in limits.items():
+            if not 0 <= wanted <= available:
+                raise TargetError(f"target_model.{key}={wanted} but the model has {available}: choose 0..{available}")
+            if wanted < available and structure not in structures:
+                raise TargetError(f"target_model.{key}={wanted} needs '{structure}' among the pruned structures")
+
+    def structure(self, config: PrunableEncoderConfig) -> Structure:
+        return Structure.uniform(self.n_layers, self.n_heads, self.intermediate_size, config.vocab_size)
+
+    def constraint_names(self) -> list[str]:
+        return ["layers", "heads_per_layer", "ffn_per_layer"]
+
+    def gaps(self, masks: L0Masks, ramp: float = 1.0) -> torch.Tensor:
+        config = masks.config
+        expected = masks.expected_structure()
+        n_layers = config.num_hidden_layers
+        full_heads, full_ffn = max(config.heads_per_layer), max(config.intermediate_sizes)
+        return torch.stack(
+            [
+                (expected["layers"] - _ramped(n_layers, self.n_layers, ramp)) / n_layers,
+                (expected["heads"].mean() - _ramped(full_heads, self.n_heads, ramp)) / full_heads,
+                (expected["ffn"].mean() - _ramped(full_ffn, self.intermediate_size, ramp)) / full_ffn,
+            ]
+        )
+
+    def final_masks(self, masks: L0Masks) -> StructureMasks:
+        scores = {**_all_kept(masks.config), **masks.scores()}
+        layer_scores = torch.cat(scores["layers"])
+        return StructureMasks(
+            layers=_top_k_mask(layer_scores, self.n_layers),
+            heads=[_top_k_mask(s, self.n_heads) for s in scores["heads"]],
+            ffn=[_top_k_mask(s, self.intermediate_size) for s in scores["ffn"]],
+        )
+
+    def describe(self) -> str:
+        return f"{self.n_layers} layers x {self.n_heads} heads x FFN {self.intermediate_size}"
+
+
+@dataclass(frozen=True)
+class ParameterBudget:
+    parameters: int
+    scope: str = "encoder"  # "encoder" or "total"
+    output_head_parameters: int = 0  # BGE-M3's sparse/ColBERT heads count towards a "total" budget
+
+    @classmethod
+    def from_fraction(
+        cls, config: PrunableEncoderConfig, fraction: float, scope: str = "encoder", output_head_parameters: int = 0
+    ) -> ParameterBudget:
+        """`fraction` of the model's encoder (or total) parameters to keep."""
+        if not 0.0 < fraction <= 1.0:
+            raise TargetError(f"a parameter budget fraction must be in (0, 1], got {fraction}")
+        full = cls._scope_size(config, None, scope, output_head_parameters)
+        return cls(int(round(full * fraction)), scope, output_head_parameters)
+
+    @staticmethod
+    def _scope_size(config, structure, scope, output_head_parameters) -> int:
+        if scope not in ("encoder", "total"):
+            raise TargetError(f"a parameter budget's scope is 'encoder' or 'total', got {scope!r}")
+        counts = count_parameters(config, structure, output_head_parameters)
+        return counts.encoder if scope == "encoder" else counts.total
+
+    def _size(self, config: PrunableEncoderConfig, structure: Structure | None = None) -> int:
+        return self._scope_size(config, structure, self.scope, self.output_head_parameters)
+
+    def validate(self, config: PrunableEncoderConfig, structures: tuple[str, ...]) -> None:
+        full = self._size(config)
+        floor = full - count_parameters(config).encoder
+        if not floor <= self.parameters <= full:
+            raise TargetError(
+                f"a {self.scope} budget of {self.parameters:,} parameters is outside what structure pruning "
+                f"reaches for this model: {floor:,} (every layer removed) to {full:,} (nothing removed)"
+            )
+        if not structures:
+            raise TargetError("a parameter budget needs at least one structure to prune")
+
+    def constraint_names(self) -> list[str]:
+        return [f"{self.scope}_parameters"]
+
+    def gaps(self, masks: L0Masks, ramp: float = 1.0) -> torch.Tensor:
+        full = self._size(masks.config)
+        expected = masks.expected_parameters(self.output_head_parameters)[self.scope]
+        return ((expected - _ramped(full, self.parameters, ramp)) / full).reshape(1)
+
+    def final_masks(self, masks: L0Masks) -> StructureMasks:
+        """Rounds the expected counts, then adds or removes the best/worst-scored heads and neurons
+        until the size is the largest not above the budget (within one FFN neuron's cost)."""
+        config = masks.config
+        scores = {**_all_kept(config), **masks.scores()}
+        expected = masks.expected_structure()
+        layers = _top_k_mask(torch.cat(scores["layers"]), int(round(float(expected["layers"]))))
+        heads = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["heads"], expected["heads"], strict=True)]
+        ffn = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["ffn"], expected["ffn"], strict=True)]
+        result = StructureMasks(layers, heads, ffn)
+        size = self._size(config, result.kept_structure(config.vocab_size))
+
+        # Units that can still be toggled: heads and neurons of kept layers, in gated structures.
+        unit_cost = {
+            "heads": attention_parameters_per_head(config.hidden_size, config.attention_head_size),
+            "ffn": ffn_parameters_per_neuron(config.hidden_size),
+        }
+        units = []  # (score, cost, structure, layer, index)
+        for name in ("heads", "ffn"):
+            if name not in masks.groups:
+                continue
+            for layer in torch.nonzero(layers).flatten().tolist():
+                for index, score in enumerate(scores[name][layer].tolist()):
+                    units.append((score, unit_cost[name], name, layer, index))
+        chosen = {"heads": heads, "ffn": ffn}
+        if size > self.parameters:
+            for score, cost, name, layer, index in sorted(u for u in units if chosen[u[2]][u[3]][u[4]]):
+                if size <= self.parameters:
+                    break
+                chosen[name][layer][index] = False
+                size -= cost
+        else:
+            for score, cost, name, layer, index in sorted((u for u in units if not chosen[u[2]][u[3]][u[4]]), reverse=True):
+                if size + cost > self.parameters:
+                    break
+                chosen[name][layer][index] = True
+                size += cost
+        return result
+
+    def describe(self) -> str:
+        return f"{self.parameters:,} {self.scope} parameters"
+
+
+SizeTarget = ArchitectureTarget | ParameterBudget
+
+
+class Lagrangian(nn.Module):
+    """`l1 * gap + l2 * gap^2` summed over constraints. The multipliers are trained by gradient
+    ascent (an optimizer with `maximize=True`): a persistent gap makes them grow until the gates
+    give in, which a fixed penalty weight cannot guarantee."""
+
+    def __init__(self, constraint_names: list[str]):
+        super().__init__()
+        self.constraint_names = list(constraint_names)
+        self.lambda_1 = nn.Parameter(torch.zeros(len(constraint_names)))
+        self.lambda_2 = nn.Parameter(torch.zeros(len(constraint_names)))
+
+    def forward(self, gaps: torch.Tensor) -> torch.Tensor:
+        return (self.lambda_1 * gaps + self.lambda_2 * gaps.pow(2)).sum()
+
+    def multipliers(self) -> dict[str, float]:
+        out = {}
+        for i, name in enumerate(self.constraint_names):
+            out[f"lambda_1/{name}"] = float(self.lambda_1[i])
+            out[f"lambda_2/{name}"] = float(self.lambda_2[i])
+        return out

@@ -151,7 +151,8 @@ class ParameterBudget:
         until the size is the largest not above the budget (within one FFN neuron's cost)."""
         config = masks.config
         scores = {**_all_kept(config), **masks.scores()}
-        expected = masks.expected_structure()
+        with torch.no_grad():
+            expected = masks.expected_structure()
         layers = _top_k_mask(torch.cat(scores["layers"]), int(round(float(expected["layers"]))))
         heads = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["heads"], expected["heads"], strict=True)]
         ffn = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["ffn"], expected["ffn"], strict=True)]
@@ -177,10 +178,10 @@ class ParameterBudget:
                     break
                 chosen[name][layer][index] = False
                 size -= cost
-        else:
-            for score, cost, name, layer, index in sorted((u for u in units if not chosen[u[2]][u[3]][u[4]]), reverse=True):
-                if size + cost > self.parameters:
-                    break
+        # Then fill up with the best-scored units that still fit. A head costs far more than a
+        # neuron: one that does not fit (or one just removed above) must not stop cheaper ones.
+        for score, cost, name, layer, index in sorted((u for u in units if not chosen[u[2]][u[3]][u[4]]), reverse=True):
+            if size + cost <= self.parameters:
                 chosen[name][layer][index] = True
                 size += cost
         return result
@@ -209,6 +210,6 @@ class Lagrangian(nn.Module):
     def multipliers(self) -> dict[str, float]:
         out = {}
         for i, name in enumerate(self.constraint_names):
-            out[f"lambda_1/{name}"] = float(self.lambda_1[i])
-            out[f"lambda_2/{name}"] = float(self.lambda_2[i])
+            out[f"lambda_1/{name}"] = float(self.lambda_1[i].detach())
+            out[f"lambda_2/{name}"] = float(self.lambda_2[i].detach())
         return out

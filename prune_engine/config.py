@@ -1,0 +1,267 @@
+"""The one run configuration, validated where it is built.
+
+It reads the YAML shape of the original design (`target_model: {n_layers, n_heads,
+intermediate_size}`, `optimizer.lr`, `batch_size`, `max_length`, `max_duration: "1000ba"`,
+`precision`) plus what this project adds (a parameter budget, loss weights, phases). An unknown
+key or a value of the wrong type stops with the key's dotted name and what is valid; any key can
+be overridden as `dotted.key=value`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .l0 import STRUCTURES
+from .targets import ArchitectureTarget, ParameterBudget
+
+PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
+_DURATION = re.compile(r"^\s*(\d+)\s*(ba|ep)\s*$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the valid choices."""
+
+
+@dataclass
+class TargetModel:
+    """A uniform target architecture, as in the original design."""
+
+    n_layers: int
+    n_heads: int
+    intermediate_size: int
+
+
+@dataclass
+class TargetParams:
+    """A parameter budget: `fraction` of, or `count` parameters in, the encoder or the whole model."""
+
+    fraction: float | None = None
+    count: int | None = None
+    of: str = "encoder"
+
+    def __post_init__(self):
+        if (self.fraction is None) == (self.count is None):
+            raise ConfigError("target_params needs exactly one of 'fraction' (e.g. 0.5) or 'count' (e.g. 150000000)")
+        if self.of not in ("encoder", "total"):
+            raise ConfigError(f"target_params.of must be 'encoder' or 'total', got {self.of!r}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"target_params.fraction must be in (0, 1], got {self.fraction}")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 2.0e-5  # encoder weights
+    gate_lr: float = 0.1  # L0 gate logits: large enough that gates decide within the mask phase
+    lagrangian_lr: float = 0.05  # multipliers, by gradient ascent
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    distill_cosine: float = 1.0  # student vs teacher embedding of the same text
+    distill_similarity: float = 1.0  # in-batch similarity structure
+    distill_sparse: float = 0.1  # BGE-M3 lexical weights (only when the model has them)
+    distill_colbert: float = 0.1  # BGE-M3 multi-vector (only when the model has them)
+    task: float = 1.0  # CoSENT for scored pairs, InfoNCE for query-passage pairs
+    temperature: float = 0.05  # InfoNCE; BGE uses 0.02
+    cosent_scale: float = 20.0
+
+
+@dataclass
+class VocabConfig:
+    corpus: str | None = None
+    min_freq: int = 1
+    top_n: int | None = None
+    languages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: str = "minilm"
+    dataset: str = "sts"
+    eval_dataset: str | None = None  # defaults to the training dataset's dev/test splits
+    target_model: TargetModel | None = None
+    target_params: TargetParams | None = None
+    structures: list[str] = field(default_factory=lambda: list(STRUCTURES))
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    batch_size: int = 16
+    max_length: int = 512
+    max_duration: str = "1000ba"
+    mask_fraction: float = 0.7  # share of the run that learns masks; the rest fine-tunes the fixed structure
+    target_warmup_fraction: float = 0.5  # share of the mask phase over which the target ramps from full size
+    precision: str = "fp32"
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    freeze_embeddings: bool = True
+    max_train_examples: int | None = None
+    seed: int = 42
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 64
+    output_dir: str = "runs/run"
+    trust_remote_code: bool = False
+    vocab: VocabConfig | None = None
+
+    def __post_init__(self):
+        if (self.target_model is None) == (self.target_params is None):
+            raise ConfigError(
+                "give exactly one target: target_model {n_layers, n_heads, intermediate_size} "
+                "or target_params {fraction | count, of: encoder | total}"
+            )
+        unknown = sorted(set(self.structures) - set(STRUCTURES))
+        if unknown or not self.structures:
+            raise ConfigError(f"structures: unknown {unknown}; choose a non-empty subset of {list(STRUCTURES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        self.duration()  # validates max_duration
+        for name in ("batch_size", "max_length", "gradient_accumulation", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("mask_fraction", "target_warmup_fraction"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+
+    def duration(self) -> tuple[int, str]:
+        """(count, unit): "1000ba" -> (1000, "ba") batches, "2ep" -> (2, "ep") epochs."""
+        match = _DURATION.match(str(self.max_duration))
+        if not match or int(match.group(1)) < 1:
+            raise ConfigError(f"max_duration must look like '1000ba' (batches) or '2ep' (epochs), got {self.max_duration!r}")
+        return int(match.group(1)), match.group(2)
+
+    def size_target(self, config, output_head_parameters: int = 0) -> ArchitectureTarget | ParameterBudget:
+        if self.target_model is not None:
+            t = self.target_model
+            return ArchitectureTarget(t.n_layers, t.n_heads, t.intermediate_size)
+        t = self.target_params
+        if t.fraction is not None:
+            return ParameterBudget.from_fraction(config, t.fraction, t.of, output_head_parameters)
+        return ParameterBudget(int(t.count), t.of, output_head_parameters)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "None")
+
+
+def _coerce(value: Any, annotation, key: str):
+    """Checks (and mildly converts: int -> float, numeric strings from the command line) a value."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{key}: expected one of {[_type_name(o) for o in options]}, got {value!r}"
+        )
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            names = [f.name for f in dataclasses.fields(annotation)]
+            raise ConfigError(f"{key}: expected a mapping with keys {names}, got {value!r}")
+        return build_dataclass(annotation, value, prefix=f"{key}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.replace("_", "")):
+            return int(value.replace("_", ""))
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
+
+
+def build_dataclass(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(prefix + n for n in names)}")
+    try:
+        return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+    except TypeError as error:  # a required key is missing
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {error}".replace("__init__() ", "")) from None
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """`optimizer.lr=1e-4` -> data["optimizer"]["lr"] = 1e-4 (YAML-parsed value)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key=value, e.g. optimizer.lr=1e-4")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a mapping")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if parts[-1] in ("target_model", "target_params") and value is None:
+        node[parts[-1]] = None
+        return
+    node[parts[-1]] = value
+    # A target given on the command line replaces the other kind from the file.
+    if parts[0] == "target_model":
+        data.pop("target_params", None)
+    elif parts[0] == "target_params":
+        data.pop("target_model", None)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **values) -> RunConfig:
+    """Reads a YAML file (optional), applies `key=value` overrides and keyword values, validates."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys, got {type(data).__name__}")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    data.update({key: value for key, value in values.items() if value is not None})
+    return build_dataclass(RunConfig, data)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,94 @@
+"""Training losses: distillation from the unpruned teacher, and task losses by data kind.
+
+Distillation needs no labels and keeps the pruned model's vectors usable against an index the
+original built. The task losses follow sentence-transformers' CoSENT and the InfoNCE with
+in-batch negatives that BGE models are trained with. The size term (the Lagrangian) lives in
+`targets.py` beside the targets it enforces.
+
+Example:
+    >>> import torch, torch.nn.functional as F
+    >>> teacher = F.normalize(torch.randn(4, 8), dim=-1)
+    >>> float(DistillationLoss()(teacher, teacher)["distill_cosine"])
+    0.0
+    >>> CoSENTLoss()(torch.tensor([0.9, 0.1]), torch.tensor([1.0, 0.0])) < 1e-3
+    tensor(True)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n, d), (m, d) -> (n, m) cosine similarities."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+class DistillationLoss(nn.Module):
+    """Student close to teacher: per text (1 - cosine) and the in-batch similarity matrix (MSE)."""
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+        teacher = teacher.detach()
+        cosine = 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean()
+        similarity = F.mse_loss(cosine_matrix(student, student), cosine_matrix(teacher, teacher))
+        return {"distill_cosine": cosine, "distill_similarity": similarity}
+
+
+class TokenDistillationLoss(nn.Module):
+    """BGE-M3's token-level outputs: lexical weights (MSE on real tokens) and multi-vectors
+    (1 - cosine per real token), both against the teacher's on the same tokenisation."""
+
+    def forward(
+        self,
+        student_sparse: torch.Tensor | None,
+        teacher_sparse: torch.Tensor | None,
+        student_colbert: torch.Tensor | None,
+        teacher_colbert: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        losses = {}
+        mask = attention_mask.to(torch.float32)
+        if student_sparse is not None and teacher_sparse is not None:
+            squared = (student_sparse.float() - teacher_sparse.detach().float()).pow(2) * mask
+            losses["distill_sparse"] = squared.sum() / mask.sum().clamp(min=1)
+        if student_colbert is not None and teacher_colbert is not None:
+            token_mask = mask[:, 1:]  # ColBERT vectors skip the CLS token
+            cosine = F.cosine_similarity(student_colbert.float(), teacher_colbert.detach().float(), dim=-1)
+            losses["distill_colbert"] = ((1.0 - cosine) * token_mask).sum() / token_mask.sum().clamp(min=1)
+        return losses
+
+
+class CoSENTLoss(nn.Module):
+    """CoSENT (Su 2022): every pair (i, j) with gold_i > gold_j should have cos_i > cos_j.
+
+    loss = log(1 + sum_{gold_i > gold_j} exp(scale * (cos_j - cos_i)))
+    """
+
+    def __init__(self, scale: float = 20.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, cosines: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        # (n,) -> (n, n): entry (i, j) = scale * (cos_j - cos_i), kept where gold_i > gold_j.
+        differences = self.scale * (cosines[None, :] - cosines[:, None])
+        ordered = gold[:, None] > gold[None, :]
+        differences = differences.masked_fill(~ordered, float("-inf"))
+        zero = torch.zeros(1, device=cosines.device, dtype=differences.dtype)
+        return torch.logsumexp(torch.cat([zero, differences.flatten()]), dim=0)
+
+
+class InfoNCELoss(nn.Module):
+    """Query i's positive is passage i; every other passage in the batch (and any hard
+    negatives appended after them) is a negative."""
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
+        # (n_queries, n_passages) scores; the target of row i is column i.
+        logits = cosine_matrix(queries, passages) / self.temperature
+        targets = torch.arange(queries.shape[0], device=queries.device)
+        return F.cross_entropy(logits, targets)

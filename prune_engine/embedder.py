@@ -154,7 +154,9 @@ class Embedder(nn.Module):
                 if out.sparse_weights is not None:
                     weights: dict[int, float] = {}
                     for token, weight in zip(
-                        features["input_ids"][row, :length].tolist(), out.sparse_weights[row, :length].tolist()
+                        features["input_ids"][row, :length].tolist(),
+                        out.sparse_weights[row, :length].tolist(),
+                        strict=True,
                     ):
                         if token not in special and weight > 0:
                             weights[token] = max(weight, weights.get(token, 0.0))

@@ -128,15 +128,25 @@ class ParameterBudget:
         return self._scope_size(config, structure, self.scope, self.output_head_parameters)
 
     def validate(self, config: PrunableEncoderConfig, structures: tuple[str, ...]) -> None:
-        full = self._size(config)
-        floor = full - count_parameters(config).encoder
-        if not floor <= self.parameters <= full:
-            raise TargetError(
-                f"a {self.scope} budget of {self.parameters:,} parameters is outside what structure pruning "
-                f"reaches for this model: {floor:,} (every layer removed) to {full:,} (nothing removed)"
-            )
         if not structures:
             raise TargetError("a parameter budget needs at least one structure to prune")
+        full = self._size(config)
+        if "layers" in structures:
+            smallest, removed = Structure((), (), config.vocab_size), "every layer removed"
+        else:  # every layer stays: only the gated heads / neurons can go
+            smallest = Structure(
+                tuple(0 if "heads" in structures else h for h in config.heads_per_layer),
+                tuple(0 if "ffn" in structures else f for f in config.intermediate_sizes),
+                config.vocab_size,
+            )
+            units = {"heads": "head", "ffn": "FFN neuron"}
+            removed = "every " + " and ".join(units[s] for s in units if s in structures) + " removed"
+        floor = self._size(config, smallest)
+        if not floor <= self.parameters <= full:
+            raise TargetError(
+                f"a {self.scope} budget of {self.parameters:,} parameters is outside what pruning "
+                f"{', '.join(structures)} reaches for this model: {floor:,} ({removed}) to {full:,} (nothing removed)"
+            )
 
     def constraint_names(self) -> list[str]:
         return [f"{self.scope}_parameters"]
@@ -173,14 +183,14 @@ class ParameterBudget:
                     units.append((score, unit_cost[name], name, layer, index))
         chosen = {"heads": heads, "ffn": ffn}
         if size > self.parameters:
-            for score, cost, name, layer, index in sorted(u for u in units if chosen[u[2]][u[3]][u[4]]):
+            for _score, cost, name, layer, index in sorted(u for u in units if chosen[u[2]][u[3]][u[4]]):
                 if size <= self.parameters:
                     break
                 chosen[name][layer][index] = False
                 size -= cost
         # Then fill up with the best-scored units that still fit. A head costs far more than a
         # neuron: one that does not fit (or one just removed above) must not stop cheaper ones.
-        for score, cost, name, layer, index in sorted((u for u in units if not chosen[u[2]][u[3]][u[4]]), reverse=True):
+        for _score, cost, name, layer, index in sorted((u for u in units if not chosen[u[2]][u[3]][u[4]]), reverse=True):
             if size + cost <= self.parameters:
                 chosen[name][layer][index] = True
                 size += cost

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from prune_engine.embedder import Embedder
+from prune_engine.l0 import StructureMasks
+from prune_engine.modeling_prunable_encoder import PrunableEncoderModel
+from prune_engine.sources import encoder_config_from_hf, load_embedder
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pytest tests/...` from a checkout, without installing the package
-    sys.path.insert(0, str(ROOT))
-
-from prune_engine.embedder import Embedder  # noqa: E402
-from prune_engine.l0 import StructureMasks  # noqa: E402
-from prune_engine.modeling_prunable_encoder import PrunableEncoderModel  # noqa: E402
-from prune_engine.sources import encoder_config_from_hf, load_embedder  # noqa: E402
-
 DATA_DIR = Path(os.environ.get("PRUNE_ENGINE_DATA", ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    # torch warns when nn.Linear initialises a layer with no head or no neuron: expected here.
+    config.addinivalue_line("filterwarnings", "ignore:Initializing zero-element tensors is a no-op:UserWarning")
 
 
 def require_data(relative: str = "") -> Path:

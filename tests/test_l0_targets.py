@@ -302,6 +302,32 @@ def test_targets_beyond_the_model_raise_clear_errors():
     ParameterBudget(full).validate(config, structures)  # the full size itself is allowed
 
 
+def test_parameter_budget_floor_depends_on_the_pruned_structures():
+    """Without layer gates every layer's biases and LayerNorms stay; without head gates every head
+    stays: a budget below that cannot be met and must be refused up front."""
+    config = tiny_config()
+    hidden, head = 32, 8
+    fixed = 4 * 6 * hidden
+    heads = 4 * 4 * (4 * hidden * head + 3 * head)
+    ParameterBudget(0).validate(config, ("layers",))
+    ParameterBudget(fixed).validate(config, ("heads", "ffn"))
+    with pytest.raises(TargetError, match=f"{fixed:,} \\(every head and FFN neuron removed\\)"):
+        ParameterBudget(fixed - 1).validate(config, ("heads", "ffn"))
+    ParameterBudget(fixed + heads).validate(config, ("ffn",))
+    with pytest.raises(TargetError, match=f"{fixed + heads:,} \\(every FFN neuron removed\\)"):
+        ParameterBudget(5000).validate(config, ("ffn",))
+    # A budget that passes validation is met by the final masks.
+    budget = ParameterBudget(fixed + heads + 1000)
+    budget.validate(config, ("ffn",))
+    masks = L0Masks(config, structures=("ffn",))
+    size = count_parameters(config, budget.final_masks(masks).kept_structure(100)).encoder
+    assert budget.parameters - ffn_parameters_per_neuron(hidden) < size <= budget.parameters
+    # Total scope: the embeddings always stay.
+    embeddings = count_parameters(config).embeddings
+    with pytest.raises(TargetError, match=f"{embeddings:,} \\(every layer removed\\)"):
+        ParameterBudget(embeddings - 1, scope="total").validate(config, ("layers", "heads", "ffn"))
+
+
 def test_structure_masks_round_trip_and_gates():
     masks = StructureMasks(
         layers=torch.tensor([True, False]),

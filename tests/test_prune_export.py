@@ -276,6 +276,13 @@ def test_bge_m3_heads_are_exported_and_reload(uneven_xlmr, multilingual_sentence
     assert (out.sparse_weights - masked.sparse_weights).abs().max() < TOLERANCE
     assert (out.colbert_vectors - masked.colbert_vectors).abs().max() < TOLERANCE
     assert masked.sparse_weights.max() > 0  # the sparse head is not trivially zero
+    # FlagEmbedding's conventions: no weight and a zero vector on padding, unit token vectors elsewhere.
+    mask = uneven_xlmr["features"]["attention_mask"].bool()
+    assert (~mask).any()
+    assert (out.sparse_weights[~mask] == 0).all()
+    assert (out.colbert_vectors[~mask[:, 1:]] == 0).all()
+    norms = out.colbert_vectors[mask[:, 1:]].norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     multi = reloaded.encode_multi(multilingual_sentences[:2])
     assert all(isinstance(w, dict) and w for w in multi["sparse"]) and multi["colbert"][0].shape[1] == 32
 

@@ -103,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import TrainingError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after options, which argparse's positionals do not allow.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and args.command != "prune"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "prune":
+        args.overrides = list(args.overrides) + overrides
     if args.command == "size" and args.layers is not None and (args.heads is None or args.ffn is None):
         parser.error("--layers needs --heads and --ffn too")
     try:

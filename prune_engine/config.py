@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .data import STS_LANGUAGES
 from .l0 import STRUCTURES
 from .targets import ArchitectureTarget, ParameterBudget
 
@@ -59,8 +60,8 @@ class TargetParams:
 @dataclass
 class OptimizerConfig:
     lr: float = 2.0e-5  # encoder weights
-    gate_lr: float = 0.1  # L0 gate logits: large enough that gates decide within the mask phase
-    lagrangian_lr: float = 0.05  # multipliers, by gradient ascent
+    gate_lr: float = 0.5  # L0 gate logits (Adam): large enough that gates decide within a short mask phase
+    lagrangian_lr: float = 0.5  # multipliers, by gradient ascent
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0
@@ -79,10 +80,22 @@ class LossConfig:
 
 @dataclass
 class VocabConfig:
+    """Vocabulary trimming (`vocab.py`): tokens counted on `corpus` (a file or data set name; the
+    run's training texts when unset) plus the STS-B train and dev sentences of each of `languages`."""
+
     corpus: str | None = None
     min_freq: int = 1
     top_n: int | None = None
     languages: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.min_freq < 1:
+            raise ConfigError(f"vocab.min_freq must be at least 1, got {self.min_freq}")
+        if self.top_n is not None and self.top_n < 1:
+            raise ConfigError(f"vocab.top_n must be at least 1 (or left out), got {self.top_n}")
+        unknown = sorted(set(self.languages) - set(STS_LANGUAGES))
+        if unknown:
+            raise ConfigError(f"vocab.languages: unknown {unknown}; choose from {list(STS_LANGUAGES)}")
 
 
 @dataclass
@@ -164,15 +177,15 @@ def _coerce(value: Any, annotation, key: str):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
-        errors = []
+        errors: list[ConfigError] = []
         for option in (o for o in options if o is not type(None)):
             try:
                 return _coerce(value, option, key)
             except ConfigError as error:
-                errors.append(str(error))
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{key}: expected one of {[_type_name(o) for o in options]}, got {value!r}"
-        )
+                errors.append(error)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key}: expected one of {[_type_name(o) for o in options]}, got {value!r}")
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             names = [f.name for f in dataclasses.fields(annotation)]

@@ -110,6 +110,11 @@ def encoder_config_from_hf(config: dict) -> PrunableEncoderConfig:
     )
 
 
+def read_encoder_config(source: str) -> PrunableEncoderConfig:
+    """A model's structure without its weights (for sizes and validation before anything loads)."""
+    return encoder_config_from_hf(json.loads((resolve_model_dir(source) / "config.json").read_text()))
+
+
 def _read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -141,8 +146,7 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_encoder(model_dir: Path) -> PrunableEncoderModel:
-    config = encoder_config_from_hf(json.loads((model_dir / "config.json").read_text()))
-    model = PrunableEncoderModel(config)
+    model = PrunableEncoderModel(read_encoder_config(str(model_dir)))
     state = _strip_prefix(_read_state_dict(model_dir))
     state = {k: v.float() for k, v in state.items() if k in model.state_dict()}
     missing = set(model.state_dict()) - set(state)

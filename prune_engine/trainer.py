@@ -379,7 +379,7 @@ class PruningRun:
                 losses = self.objective(features, batch, teacher_out, ramp)
                 if not torch.isfinite(losses["total"]):
                     raise TrainingError(
-                        f"the loss became {float(losses['total'])} at step {self.step}; the run stopped and kept its "
+                        f"the loss became {float(losses['total'].detach())} at step {self.step}; the run stopped and kept its "
                         f"last good checkpoint ({self.latest_checkpoint() or 'none yet'}). Lower optimizer.lr or "
                         "optimizer.gate_lr, or use precision fp32"
                     )

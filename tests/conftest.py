@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import csv
 import os
+
+# Tests never reach the network: the hub fails fast instead of retrying (read at import time).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,184 @@
+"""Pruning runs end to end on a tiny random BERT with the real MiniLM tokenizer and the demo data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from prune_engine.accounting import Structure, count_parameters
+from prune_engine.config import load_config
+from prune_engine.l0 import StructureMasks
+from prune_engine.sources import bundled_minilm_dir, load_embedder
+from prune_engine.trainer import PruningRun, TrainingError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 3-layer BERT (hidden 32) saved as a stock checkpoint with MiniLM's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(bundled_minilm_dir()).save_pretrained(directory)
+    return directory
+
+
+def tiny_config(model_dir: Path, run_dir: Path, *overrides: str):
+    return load_config(None, [
+        f"model={model_dir}", "dataset=demo", f"output_dir={run_dir}", "target_params.fraction=0.5",
+        "batch_size=8", "max_length=32", "max_duration=8ba", "mask_fraction=0.5", "log_every=1",
+        "checkpoint_every=4", "optimizer.lr=1e-3", *overrides,
+    ])
+
+
+def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "export" / "model.safetensors")
+
+
+def test_run_writes_everything_and_hits_the_budget(tiny_model_dir, tmp_path):
+    events = []
+    config = tiny_config(tiny_model_dir, tmp_path / "run")
+    result = PruningRun(config, callbacks=[events.append]).run()
+
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "phase" in kinds and kinds.count("log") == 8
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for key in ("loss/total", "loss/distill_cosine", "loss/task", "expected_encoder_params", "target_params",
+                "examples_per_s", "lr/weights", "decided_fraction"):
+        assert key in records[-1]
+    assert "loss/lagrangian" in records[0] and "lambda_1/encoder_parameters" in records[0]
+    snapshot = json.loads((result.run_dir / "mask_snapshots.jsonl").read_text().splitlines()[0])
+    assert len(snapshot["heads"]) == 3 and len(snapshot["heads"][0]) == 4
+    assert json.loads((result.run_dir / "status.json").read_text())["state"] == "done"
+    assert (result.run_dir / "config.yaml").is_file()
+
+    # The export weighs exactly what the engine predicted for the final masks, within the budget.
+    source = load_embedder(str(tiny_model_dir)).config
+    masks = StructureMasks.from_dict(json.loads((result.run_dir / "final_masks.json").read_text()))
+    predicted = count_parameters(source, masks.kept_structure(source.vocab_size))
+    exported = sum(t.numel() for t in weights_of(result.run_dir).values())
+    assert exported == predicted.embeddings + predicted.encoder
+    budget = config.size_target(source)
+    assert budget.parameters - (2 * 32 + 1) < predicted.encoder <= budget.parameters
+    info = json.loads((result.export_dir / "pruning_info.json").read_text())
+    assert info["parameters_after"]["encoder"] == predicted.encoder
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    uninterrupted = PruningRun(tiny_config(tiny_model_dir, tmp_path / "a")).run().run_dir
+
+    cancel = threading.Event()
+    stop_at = {3, 6}  # once in the mask phase, once while fine-tuning
+
+    def cancel_at(event):
+        if event.kind == "log" and event.step in stop_at:
+            stop_at.discard(event.step)
+            cancel.set()
+
+    interrupted = tmp_path / "b"
+    config = tiny_config(tiny_model_dir, interrupted)
+    assert PruningRun(config, callbacks=[cancel_at], cancel=cancel).run().cancelled
+    assert json.loads((interrupted / "status.json").read_text())["state"] == "cancelled"
+    cancel.clear()
+    assert PruningRun(config, callbacks=[cancel_at], cancel=cancel).run(resume=True).cancelled
+    cancel.clear()
+    assert PruningRun(config, cancel=cancel).run(resume=True).export_dir is not None
+
+    a, b = weights_of(uninterrupted), weights_of(interrupted)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert json.loads((uninterrupted / "final_masks.json").read_text()) == json.loads(
+        (interrupted / "final_masks.json").read_text()
+    )
+
+
+def test_a_finished_run_directory_is_not_overwritten(tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "max_duration=4ba", "checkpoint_every=2")
+    PruningRun(config).run()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        PruningRun(config).run()
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        PruningRun(tiny_config(tiny_model_dir, tmp_path / "fresh")).run(resume=True)
+
+
+def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    from prune_engine import trainer
+
+    original = trainer.PruningObjective.forward
+
+    def poisoned(self, features, batch, teacher_out, ramp):
+        losses = original(self, features, batch, teacher_out, ramp)
+        if self.masks is None:  # the fine-tuning phase, after the first checkpoint
+            losses["total"] = losses["total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer.PruningObjective, "forward", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"the loss became nan at step 4.*step_0000004.*Lower optimizer.lr"):
+        PruningRun(tiny_config(tiny_model_dir, run_dir)).run()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    assert (run_dir / "checkpoints" / "step_0000004" / "state.pt").is_file()
+
+
+def test_target_larger_than_the_model_is_refused(tiny_model_dir, tmp_path):
+    from prune_engine.targets import TargetError
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "target_model={n_layers: 5, n_heads: 4, intermediate_size: 64}")
+    with pytest.raises(TargetError, match="n_layers=5 but the model has 3"):
+        PruningRun(config).run()
+
+
+@pytest.mark.slow
+def test_cli_prune_with_two_processes_through_accelerate(tiny_model_dir, tmp_path):
+    """`accelerate launch -m prune_engine prune ...`: two CPU processes over gloo."""
+    run_dir = tmp_path / "ddp"
+    config = tmp_path / "config.yaml"
+    config.write_text("target_params: {fraction: 0.5, of: encoder}\n")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "prune_engine", "prune", str(config),
+        "--dataset", "demo", "--model", str(tiny_model_dir), "--output-dir", str(run_dir),
+        "batch_size=4", "max_length=32", "max_duration=4ba", "log_every=1", "optimizer.lr=1e-3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4  # written once, by the main process
+    assert records[-1]["examples_per_s"] > 0 and all(r["loss/total"] == r["loss/total"] for r in records)
+    assert (run_dir / "export" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_demo_config_end_to_end_on_the_real_minilm(tmp_path):
+    """The README's demo: offline, on the bundled model and data, an export of the target's size."""
+    run_dir = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "prune_engine", "prune", "configs/demo_minilm.yaml", f"output_dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((run_dir / "export" / "pruning_info.json").read_text())
+    minilm = load_embedder("minilm").config
+    budget = load_config(ROOT / "configs" / "demo_minilm.yaml").size_target(minilm)
+    assert budget.parameters - (2 * 384 + 1) < info["parameters_after"]["encoder"] <= budget.parameters
+    structure = Structure(tuple(info["heads_per_layer"]), tuple(info["intermediate_sizes"]), minilm.vocab_size)
+    assert info["parameters_after"] == count_parameters(minilm, structure).as_dict()
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

@@ -102,7 +102,8 @@ class VocabConfig:
 class RunConfig:
     model: str = "minilm"
     dataset: str = "sts"
-    eval_dataset: str | None = None  # defaults to the training dataset's dev/test splits
+    eval_dataset: str | None = None  # defaults to the training dataset
+    eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])  # [] skips the final report
     target_model: TargetModel | None = None
     target_params: TargetParams | None = None
     structures: list[str] = field(default_factory=lambda: list(STRUCTURES))

@@ -552,11 +552,31 @@ class PruningRun:
                 extra={"target": self.target.describe(), "dataset": self.config.dataset, "steps": self.step},
             )
             export_dir = export_embedder(student, self.run_dir / "export", info, overwrite=True)
+            self._write_report(student)
         self._write_status("done")
         self._emit(TrainingEvent("done", self.step, self.total_steps, self.phase, gates=self._gates(),
                                  message=str(export_dir)))
         self.accelerator.wait_for_everyone()
         return RunResult(self.run_dir, export_dir, student)
+
+
+    def _write_report(self, student: Embedder) -> None:
+        """report.json / report.txt: the original against the pruned model on the evaluation data.
+        A split the data set does not have (offline, say) is recorded as such, not fatal."""
+        from .data import DataError
+        from .evaluate import compare, format_report
+
+        dataset = self.config.eval_dataset or self.config.dataset
+        report = {"dataset": dataset, "splits": {}, "unavailable": {}}
+        for split in self.config.eval_splits:
+            try:
+                part = compare(self.teacher, student, dataset, (split,), self.config.eval_batch_size)
+            except DataError as error:
+                report["unavailable"][split] = str(error)
+                continue
+            report["splits"].update(part["splits"])
+        _write_json_atomic(self.run_dir / "report.json", report)
+        (self.run_dir / "report.txt").write_text(format_report(report) + "\n")
 
 
 @dataclass

@@ -79,6 +79,14 @@ def test_run_writes_everything_and_hits_the_budget(tiny_model_dir, tmp_path):
     info = json.loads((result.export_dir / "pruning_info.json").read_text())
     assert info["parameters_after"]["encoder"] == predicted.encoder
 
+    # The evaluation report compares the original and the pruned model on the demo dev/test pairs.
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert set(report["splits"]) == {"dev", "test"}
+    spearman = report["splits"]["test"]["metrics"]["spearman"]
+    assert -100 <= spearman["pruned"] <= 100 and spearman["retained"] == pytest.approx(spearman["pruned"] / spearman["original"])
+    assert 0 < report["splits"]["test"]["metrics"]["mean_cosine_to_original"]["pruned"] <= 1
+    assert "spearman" in (result.run_dir / "report.txt").read_text()
+
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_model_dir, tmp_path):
     uninterrupted = PruningRun(tiny_config(tiny_model_dir, tmp_path / "a")).run().run_dir

@@ -87,12 +87,15 @@ class VocabConfig:
     min_freq: int = 1
     top_n: int | None = None
     languages: list[str] = field(default_factory=list)
+    keep_first: int = 0  # also keep the original's first ids: its most frequent pieces
 
     def __post_init__(self):
         if self.min_freq < 1:
             raise ConfigError(f"vocab.min_freq must be at least 1, got {self.min_freq}")
         if self.top_n is not None and self.top_n < 1:
             raise ConfigError(f"vocab.top_n must be at least 1 (or left out), got {self.top_n}")
+        if self.keep_first < 0:
+            raise ConfigError(f"vocab.keep_first must be 0 or more, got {self.keep_first}")
         unknown = sorted(set(self.languages) - set(STS_LANGUAGES))
         if unknown:
             raise ConfigError(f"vocab.languages: unknown {unknown}; choose from {list(STS_LANGUAGES)}")
@@ -107,6 +110,7 @@ class RunConfig:
     target_model: TargetModel | None = None
     target_params: TargetParams | None = None
     structures: list[str] = field(default_factory=lambda: list(STRUCTURES))
+    fixed_masks: str | None = None  # a final_masks.json: skip learning masks, prune to it and fine-tune
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     batch_size: int = 16
@@ -129,7 +133,10 @@ class RunConfig:
     vocab: VocabConfig | None = None
 
     def __post_init__(self):
-        if (self.target_model is None) == (self.target_params is None):
+        if self.fixed_masks is not None:
+            if self.target_model is not None or self.target_params is not None:
+                raise ConfigError("fixed_masks sets the structure: remove target_model / target_params")
+        elif (self.target_model is None) == (self.target_params is None):
             raise ConfigError(
                 "give exactly one target: target_model {n_layers, n_heads, intermediate_size} "
                 "or target_params {fraction | count, of: encoder | total}"
@@ -154,7 +161,10 @@ class RunConfig:
             raise ConfigError(f"max_duration must look like '1000ba' (batches) or '2ep' (epochs), got {self.max_duration!r}")
         return int(match.group(1)), match.group(2)
 
-    def size_target(self, config, output_head_parameters: int = 0) -> ArchitectureTarget | ParameterBudget:
+    def size_target(self, config, output_head_parameters: int = 0) -> ArchitectureTarget | ParameterBudget | None:
+        """The target to learn masks for; None when `fixed_masks` gives the structure."""
+        if self.fixed_masks is not None:
+            return None
         if self.target_model is not None:
             t = self.target_model
             return ArchitectureTarget(t.n_layers, t.n_heads, t.intermediate_size)

@@ -241,7 +241,27 @@ class PruningRun:
         self.source_config = copy.deepcopy(self.teacher.config)
         self.output_heads = self.teacher.output_head_parameters()
         self.target = config.size_target(self.source_config, self.output_heads)
-        self.target.validate(self.source_config, tuple(config.structures))
+        if self.target is None:
+            self.fixed_masks = self._read_fixed_masks(Path(config.fixed_masks))
+            self.mask_steps = 0
+        else:
+            self.target.validate(self.source_config, tuple(config.structures))
+
+    def _read_fixed_masks(self, path: Path) -> StructureMasks:
+        try:
+            masks = StructureMasks.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError) as error:
+            raise TrainingError(f"fixed_masks {path}: cannot read it as a final_masks.json ({error})") from None
+        config = self.source_config
+        shapes_match = (
+            len(masks.layers) == config.num_hidden_layers
+            and [len(h) for h in masks.heads] == list(config.heads_per_layer)
+            and [len(f) for f in masks.ffn] == list(config.intermediate_sizes)
+        )
+        if not shapes_match:
+            raise TrainingError(f"fixed_masks {path} was made for another structure than {config.source_model_type} "
+                                f"with {config.num_hidden_layers} layers of {config.heads_per_layer[0]} heads")
+        return masks
 
     def _build_mask_phase(self, student: Embedder) -> None:
         masks = L0Masks(student.config, tuple(self.config.structures))
@@ -449,7 +469,13 @@ class PruningRun:
                 self._restore(checkpoint)
             else:
                 student = copy.deepcopy(self.teacher).requires_grad_(True).to(self.accelerator.device)
-                self._build_mask_phase(student)
+                if self.target is None:
+                    self.final_masks, self.phase = self.fixed_masks, "finetune"
+                    if self.accelerator.is_main_process:
+                        _write_json_atomic(self.run_dir / "final_masks.json", self.final_masks.as_dict())
+                    self._build_objective(prune_embedder(student, self.final_masks), None, None)
+                else:
+                    self._build_mask_phase(student)
             self.teacher.to(self.accelerator.device)
             if self.accelerator.is_main_process:
                 save_config(self.config, self.run_dir / "config.yaml")
@@ -534,6 +560,8 @@ class PruningRun:
         from .targets import ArchitectureTarget
 
         full = count_parameters(self.source_config).encoder
+        if self.target is None:
+            return float(count_parameters(self.student.config).encoder)
         if isinstance(self.target, ArchitectureTarget):
             final = count_parameters(self.source_config, self.target.structure(self.source_config)).encoder
         else:
@@ -549,7 +577,11 @@ class PruningRun:
         if self.accelerator.is_main_process:
             info = pruning_info(
                 student, self.config.model, self.source_config, kept_indices(self.final_masks),
-                extra={"target": self.target.describe(), "dataset": self.config.dataset, "steps": self.step},
+                extra={
+                    "target": self.target.describe() if self.target else f"fixed masks {self.config.fixed_masks}",
+                    "dataset": self.config.dataset,
+                    "steps": self.step,
+                },
             )
             export_dir = export_embedder(student, self.run_dir / "export", info, overwrite=True)
             self._write_report(student)

@@ -145,6 +145,28 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tin
     assert (run_dir / "checkpoints" / "step_0000004" / "state.pt").is_file()
 
 
+def test_fixed_masks_skip_mask_learning_and_fine_tune_that_structure(tiny_model_dir, tmp_path):
+    """The baselines' path: a given structure (layer drop, importance pruning) with the same training."""
+    keep_first_two = {"layers": [True, True, False], "heads": [[True] * 4] * 3, "ffn": [[True] * 64, [False] * 64, [True] * 64]}
+    masks_file = tmp_path / "masks.json"
+    masks_file.write_text(json.dumps(keep_first_two))
+    config = load_config(None, [
+        f"model={tiny_model_dir}", "dataset=demo", f"output_dir={tmp_path / 'run'}", f"fixed_masks={masks_file}",
+        "batch_size=8", "max_length=32", "max_duration=3ba", "eval_splits=[]",
+    ])
+    result = PruningRun(config).run()
+    info = json.loads((result.export_dir / "pruning_info.json").read_text())
+    assert info["heads_per_layer"] == [4, 4] and info["intermediate_sizes"] == [64, 0]
+    phases = {json.loads(line)["phase"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()}
+    assert phases == {"finetune"}
+    assert info["needs_trust_remote_code"] is True  # uneven FFN widths need the modeling file
+
+    keep_first_two["layers"] = [True, False]
+    masks_file.write_text(json.dumps(keep_first_two))
+    with pytest.raises(TrainingError, match="made for another structure"):
+        PruningRun(config.__class__(**{**config.__dict__, "output_dir": str(tmp_path / "other")})).run()
+
+
 def test_target_larger_than_the_model_is_refused(tiny_model_dir, tmp_path):
     from prune_engine.targets import TargetError
 

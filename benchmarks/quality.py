@@ -1,0 +1,140 @@
+"""Quality against the alternatives, at the same parameter count, data and step budget.
+
+For each target (share of MiniLM's encoder parameters kept), on STS-B train (dev for choices):
+  1. L0 pruning with distillation (this project),
+  2. keeping evenly spaced / first layers, no training,
+  3. the same layer drop followed by the same distillation,
+  4. one-shot gradient importance of heads and neurons (Michel et al. 2019) + the same distillation,
+  5. for reference, the unpruned model trained with the same data and budget.
+Reported on STS-B test (Spearman) and SciFact test (nDCG@10), with parameters, retained fractions,
+the measured encoding speedup and wall time. Writes benchmarks/results/quality.json and prints the
+markdown table that benchmarks/RESULTS.md holds.
+
+    python benchmarks/quality.py --keep 0.5 0.3 --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prune_engine.config import load_config  # noqa: E402
+from prune_engine.data import load_eval_data, load_training_data  # noqa: E402
+from prune_engine.evaluate import evaluate  # noqa: E402
+from prune_engine.importance import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget  # noqa: E402
+from prune_engine.l0 import StructureMasks  # noqa: E402
+from prune_engine.prune import prune_embedder  # noqa: E402
+from prune_engine.sources import load_embedder  # noqa: E402
+from prune_engine.targets import ParameterBudget  # noqa: E402
+from prune_engine.trainer import PruningRun, make_batch  # noqa: E402
+
+BASE_CONFIG = ROOT / "configs" / "stsb_minilm_half.yaml"
+
+
+def encoder_parameters(embedder) -> int:
+    return sum(p.numel() for n, p in embedder.encoder.named_parameters() if not n.startswith("embeddings."))
+
+
+def score(embedder, original, sts_test, scifact, wall_s: float) -> dict:
+    texts = sts_test.sentences1[:512]
+    timings = []
+    for model in (original, embedder, original, embedder):  # interleaved, so load affects both alike
+        start = time.perf_counter()
+        model.encode(texts, batch_size=32)
+        timings.append(time.perf_counter() - start)
+    result = {
+        "encoder_parameters": encoder_parameters(embedder),
+        "total_parameters": sum(p.numel() for p in embedder.encoder.parameters()),
+        "stsb_test_spearman": evaluate(embedder, sts_test)["spearman"],
+        "measured_speedup": (timings[0] + timings[2]) / (timings[1] + timings[3]),
+        "wall_s": wall_s,
+    }
+    if scifact is not None:
+        embedder.max_length = 256
+        result["scifact_ndcg_at_10"] = evaluate(embedder, scifact)["ndcg_at_10"]
+        embedder.max_length = original.max_length
+    return result
+
+
+def trained(name: str, out: Path, overrides: list[str]):
+    start = time.perf_counter()
+    config = load_config(BASE_CONFIG, [f"output_dir={out / name}", "eval_splits=[]", *overrides])
+    result = PruningRun(config, show_progress=True).run()
+    return load_embedder(str(result.export_dir), trust_remote_code=True), time.perf_counter() - start
+
+
+def fixed(name: str, out: Path, masks: StructureMasks, steps: str):
+    masks_file = out / f"{name}.masks.json"
+    masks_file.write_text(json.dumps(masks.as_dict()))
+    return trained(name, out, [f"max_duration={steps}", f"fixed_masks={masks_file}", "target_params=null"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 0.3], help="share of encoder parameters kept")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--no-scifact", action="store_true", help="skip SciFact (5183 documents per model)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    steps = f"{args.steps}ba"
+
+    original = load_embedder("minilm")
+    config = original.config
+    sts_test = load_eval_data("sts", "test")
+    scifact = None if args.no_scifact else load_eval_data("mteb/scifact", "test")
+    rows = {"original": score(original, original, sts_test, scifact, 0.0)}
+
+    model, wall = fixed("unpruned_trained", args.out, layer_drop_masks(config, list(range(config.num_hidden_layers))), steps)
+    rows["5. unpruned, same training"] = score(model, original, sts_test, scifact, wall)
+
+    train = load_training_data("sts", "train")
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(train.sentences1), generator=generator).tolist()
+    batches = [make_batch(train, order[i : i + 32]) for i in range(0, 32 * 50, 32)]
+    importance = gradient_importance(original, batches)
+
+    for keep in args.keep:
+        tag = f"keep{int(keep * 100)}"
+        budget = ParameterBudget.from_fraction(config, keep).parameters
+        model, wall = trained(f"l0_{tag}", args.out, [f"target_params.fraction={keep}", f"max_duration={steps}"])
+        rows[f"1. L0 + distillation ({tag})"] = score(model, original, sts_test, scifact, wall)
+        n_layers = max(1, round(config.num_hidden_layers * keep))
+        for label, layers in (("evenly spaced", evenly_spaced(config.num_hidden_layers, n_layers)),
+                              ("first", list(range(n_layers)))):
+            start = time.perf_counter()
+            dropped = prune_embedder(original, layer_drop_masks(config, layers))
+            rows[f"2. {label} {n_layers} layers, no training ({tag})"] = score(
+                dropped, original, sts_test, scifact, time.perf_counter() - start)
+        model, wall = fixed(f"layerdrop_{tag}", args.out,
+                            layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, n_layers)), steps)
+        rows[f"3. evenly spaced {n_layers} layers + distillation ({tag})"] = score(model, original, sts_test, scifact, wall)
+        model, wall = fixed(f"importance_{tag}", args.out, masks_for_budget(config, importance, budget), steps)
+        rows[f"4. gradient importance + distillation ({tag})"] = score(model, original, sts_test, scifact, wall)
+
+    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+              "command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]]), "rows": rows}
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "quality.json").write_text(json.dumps(result, indent=2))
+    base = rows["original"]
+    print("| method | encoder params | STS-B test | retained | SciFact nDCG@10 | retained | speedup | wall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        scifact_cells = (f"{row['scifact_ndcg_at_10']:.2f} | {row['scifact_ndcg_at_10'] / base['scifact_ndcg_at_10']:.1%}"
+                         if "scifact_ndcg_at_10" in row else "– | –")
+        print(f"| {name} | {row['encoder_parameters']:,} | {row['stsb_test_spearman']:.2f} | "
+              f"{row['stsb_test_spearman'] / base['stsb_test_spearman']:.1%} | {scifact_cells} | "
+              f"{row['measured_speedup']:.2f}x | {row['wall_s']:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -88,6 +88,16 @@ def _write_sentence_transformers_files(embedder: Embedder, directory: Path) -> N
     (directory / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}, indent=2))
 
 
+def _vocabulary_note(vocabulary: dict | None) -> str:
+    """Users must know a trimmed model reads only what its vocabulary covers."""
+    if not vocabulary:
+        return ""
+    return (
+        f"Vocabulary trimmed to {vocabulary['vocab_size_after']:,} of {vocabulary['vocab_size_before']:,} tokens: "
+        "text it covers embeds exactly as before; other text is spelt with the kept pieces or the unknown token.\n"
+    )
+
+
 def _model_card(info: dict, remote_code: bool) -> str:
     flag = ", trust_remote_code=True" if remote_code else ""
     after = info["parameters_after"]
@@ -96,7 +106,7 @@ def _model_card(info: dict, remote_code: bool) -> str:
 
 Structure kept: {info['structure_description']}.
 Parameters: {after['total']:,} (was {before['total']:,}; encoder {after['encoder']:,}, was {before['encoder']:,}).
-
+{_vocabulary_note(info.get("vocabulary"))}
 ```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("path/to/this/directory"{flag})
@@ -108,9 +118,15 @@ embeddings = model.encode(["A sentence to embed."])
 
 
 def pruning_info(
-    embedder: Embedder, source_model: str, source_config, kept_layers: list[dict] | None = None, extra: dict | None = None
+    embedder: Embedder,
+    source_model: str,
+    source_config,
+    kept_layers: list[dict] | None = None,
+    extra: dict | None = None,
+    vocabulary: dict | None = None,
 ) -> dict:
-    """What an export records about where it came from and what it kept."""
+    """What an export records about where it came from and what it kept; `vocabulary` is a trimmed
+    vocabulary's `VocabularyPlan.summary()` (None: the original vocabulary)."""
     heads = embedder.output_head_parameters()
     structure = Structure.of(embedder.config)
     return {
@@ -122,6 +138,7 @@ def pruning_info(
         "kept_layers": kept_layers,
         "parameters_before": count_parameters(source_config, None, heads).as_dict(),
         "parameters_after": count_parameters(embedder.config, structure, heads).as_dict(),
+        "vocabulary": vocabulary,
         **(extra or {}),
     }
 

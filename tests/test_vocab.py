@@ -31,6 +31,10 @@ from prune_engine.vocab import (
 )
 
 TOLERANCE = 1e-5
+# The untrimmed MiniLM through `evaluate_sts` on stsb-en test: 82.0325 at max length 256 (its
+# sentence-transformers setting) and 128 (MTEB's, giving MTEB's 82.03; no test sentence is longer).
+# test_metrics_real.py checks that the model scores 82.03; it is not re-encoded here, to keep this file fast.
+UNTRIMMED_MINILM_STS = 82.0325
 XLMR_LANGUAGES = ("en", "de", "ru", "ja", "zh")
 
 
@@ -72,7 +76,10 @@ def xlmr_train_plans(xlmr_tokenizer) -> dict:
 
 @pytest.fixture(scope="module")
 def minilm_plan(minilm):
-    return plan_vocabulary(minilm.tokenizer, sts_texts("en", "train", "dev"))
+    """STS-B English train + dev tokens and MiniLM's 10,000 most frequent pieces. Without these, test
+    words the corpus lacks ("measuring", "cycling", "nail") are spelt with smaller pieces and the test
+    Spearman drops 0.49 (81.55); with them it drops 0.07."""
+    return plan_vocabulary(minilm.tokenizer, sts_texts("en", "train", "dev"), keep_first=10_000)
 
 
 @pytest.mark.parametrize("language", XLMR_LANGUAGES)
@@ -118,10 +125,11 @@ def test_exported_trimmed_xlmr_loads_with_stock_tools_and_keeps_sparse_weights(
     held_out = sts_texts("en", "test")
     sample = covered_texts(tiny_bge_m3.tokenizer, plan, held_out)[:64]
     trimmed = trim_embedder(tiny_bge_m3, plan)
-    info = pruning_info(trimmed, "tiny-bge-m3", tiny_bge_m3.config, extra={"vocabulary": plan.summary()})
+    info = pruning_info(trimmed, "tiny-bge-m3", tiny_bge_m3.config, vocabulary=plan.summary())
     directory = export_embedder(trimmed, tmp_path / "trimmed", info)
     assert json.loads((directory / "config.json").read_text())["vocab_size"] == plan.vocab_size
     assert json.loads((directory / "pruning_info.json").read_text())["vocabulary"]["vocab_size_after"] == plan.vocab_size
+    assert f"Vocabulary trimmed to {plan.vocab_size:,} of 250,002 tokens" in (directory / "README.md").read_text()
     expected = tiny_bge_m3.encode(sample)
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -137,9 +145,10 @@ def test_exported_trimmed_xlmr_loads_with_stock_tools_and_keeps_sparse_weights(
     original_sparse = tiny_bge_m3.encode_multi(sample)["sparse"]
     trimmed_sparse = reloaded.encode_multi(sample)["sparse"]
     for before, after in zip(original_sparse, trimmed_sparse, strict=True):
-        by_string = {tokenizer.convert_ids_to_tokens(t): w for t, w in after.items()}
-        assert by_string == pytest.approx({tiny_bge_m3.tokenizer.convert_ids_to_tokens(t): w for t, w in before.items()}, abs=TOLERANCE)
-        assert plan.to_original_ids(after).keys() == before.keys()
+        before_by_string = {tiny_bge_m3.tokenizer.convert_ids_to_tokens(t): w for t, w in before.items()}
+        after_by_string = {tokenizer.convert_ids_to_tokens(t): w for t, w in after.items()}
+        assert after_by_string == pytest.approx(before_by_string, abs=TOLERANCE)
+        assert plan.to_original_ids(after) == pytest.approx(before, abs=TOLERANCE)
 
 
 def test_exported_trimmed_minilm_loads_with_stock_tools(tmp_path, minilm, minilm_plan):
@@ -175,17 +184,15 @@ def test_bge_m3_18_12_3072_with_english_sts_vocabulary(xlmr_tokenizer):
     assert untrimmed.before.total == 566_705_152 and untrimmed.after.total == 434_472_448
     assert plan.vocab_size == 12_798
     assert trimmed.after.total == 434_472_448 - (250_002 - 12_798) * 1024 == 191_575_552
-    assert trimmed.total_reduction == pytest.approx(1 - 191_575_552 / 566_705_152)
+    assert round(trimmed.total_reduction, 4) == 0.6619  # untrimmed 18/12/3072: 0.2333
 
 
 def test_trimmed_minilm_keeps_its_sts_score(minilm, minilm_plan):
     test_pairs = load_scored_pairs("sts-en", "test")
     share = coverage(minilm.tokenizer, minilm_plan, list(dict.fromkeys(test_pairs.sentences1 + test_pairs.sentences2)))
-    assert share.tokens > 0.98
-    untrimmed = evaluate_sts(minilm, test_pairs)["spearman"]
+    assert share.tokens > 0.975 and share.texts > 0.8
     trimmed = evaluate_sts(trim_embedder(minilm, minilm_plan), test_pairs)["spearman"]
-    assert untrimmed == pytest.approx(82.03, abs=0.01)
-    assert abs(trimmed - untrimmed) < 0.3
+    assert abs(trimmed - UNTRIMMED_MINILM_STS) < 0.3
 
 
 def test_frequency_limits_and_run_corpus(minilm):
@@ -195,6 +202,8 @@ def test_frequency_limits_and_run_corpus(minilm):
     frequent = plan_vocabulary(minilm.tokenizer, texts, min_freq=5)
     top = plan_vocabulary(minilm.tokenizer, texts, top_n=100)
     assert top.vocab_size == 100 + special and full.vocab_size > frequent.vocab_size > top.vocab_size
+    with_common = plan_vocabulary(minilm.tokenizer, texts, top_n=100, keep_first=3000)
+    assert set(range(3000)) <= set(with_common.kept_ids.tolist()) and with_common.vocab_size < 3000 + top.vocab_size
     assert (frequent.counts[frequent.counts > 0] >= 5).all()
     assert 1.0 == full.coverage > frequent.coverage > top.coverage
     with_german = plan_for_run(minilm.tokenizer, VocabConfig(languages=["de"]), training_texts=texts)

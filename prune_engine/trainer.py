@@ -575,8 +575,17 @@ class PruningRun:
         student = self.accelerator.unwrap_model(self.objective).student.eval()
         export_dir = None
         if self.accelerator.is_main_process:
+            vocabulary = None
+            if self.config.vocab is not None:
+                from .data import texts_of
+                from .vocab import plan_for_run, trim_embedder
+
+                plan = plan_for_run(student.tokenizer, self.config.vocab, texts_of(self.data))
+                student = trim_embedder(student, plan)
+                vocabulary = plan.summary()
             info = pruning_info(
                 student, self.config.model, self.source_config, kept_indices(self.final_masks),
+                vocabulary=vocabulary,
                 extra={
                     "target": self.target.describe() if self.target else f"fixed masks {self.config.fixed_masks}",
                     "dataset": self.config.dataset,

@@ -167,6 +167,20 @@ def test_fixed_masks_skip_mask_learning_and_fine_tune_that_structure(tiny_model_
         PruningRun(config.__class__(**{**config.__dict__, "output_dir": str(tmp_path / "other")})).run()
 
 
+def test_a_vocab_section_ships_a_trimmed_tokenizer_and_embeddings(tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "max_duration=2ba", "eval_splits=[test]",
+                         "vocab={min_freq: 1}")
+    result = PruningRun(config).run()
+    info = json.loads((result.export_dir / "pruning_info.json").read_text())
+    kept = info["vocabulary"]["vocab_size_after"]
+    assert 100 < kept < 30522 and info["parameters_after"]["embeddings"] == (kept + 64 + 2) * 32 + 2 * 32
+    exported = load_embedder(str(result.export_dir), trust_remote_code=True)
+    assert exported.config.vocab_size == kept and len(exported.tokenizer) == kept
+    # The demo's own sentences are covered: the trimmed export embeds them as the untrimmed student did.
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["splits"]["test"]["metrics"]["mean_cosine_to_original"]["pruned"] > 0
+
+
 def test_target_larger_than_the_model_is_refused(tiny_model_dir, tmp_path):
     from prune_engine.targets import TargetError
 

@@ -1,0 +1,50 @@
+"""Export: write the pruned model as a Hugging Face / sentence-transformers directory.
+
+The same `export_embedder` the trainer uses writes it (atomically, never over an existing
+directory unless asked); relative destinations stay inside the workspace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from prune_engine import run_manager as rm
+from prune_engine.export import export_embedder
+from workbench import ui
+
+EXPORTED_KEY = "export.written"
+
+st.title("Export")
+record = ui.pick_run("Run", finished_only=True)
+config = record.config()
+info = record.pruning_info()
+st.caption(f"{info['structure_description']}; {info['parameters_after']['total']:,} parameters "
+           f"(from {info['parameters_before']['total']:,}).")
+
+workspace = ui.manager().workspace
+destination_text = st.text_input(
+    "Destination directory", value=f"exports/{record.name}",
+    help=f"A relative path is inside the workspace ({workspace}); anywhere else needs an absolute path.",
+)
+overwrite = st.checkbox("Replace the directory if it already exists", value=False)
+if st.button("Export", type="primary", key="export.run", icon=":material/save:"):
+    with ui.guard("Export"), st.spinner("Writing the model..."):
+        destination = rm.resolve_destination(destination_text, workspace)
+        pruned = ui.embedder(str(record.export_dir), bool(config and config.trust_remote_code))
+        extra = {k: v for k, v in info.items() if k != "needs_trust_remote_code"}  # export_embedder sets it
+        st.session_state[EXPORTED_KEY] = str(export_embedder(pruned, destination, extra, overwrite=overwrite))
+
+written = Path(st.session_state.get(EXPORTED_KEY, ""))
+if written.name and (written / "config.json").is_file():
+    st.success(f"Written to `{written}`")
+    listing = pd.DataFrame(rm.directory_listing(written))
+    listing["size"] = listing["bytes"].map(lambda n: f"{ui.human(n)}B")
+    st.dataframe(listing, width="stretch", hide_index=True)
+    remote_code = bool((rm.export_info(written) or {}).get("needs_trust_remote_code"))
+    st.markdown("Load it with:")
+    st.code(rm.loading_snippet(written, remote_code), language="python")
+    st.download_button("Download as zip", data=lambda: rm.zip_directory(written), file_name=f"{written.name}.zip",
+                       mime="application/zip", icon=":material/folder_zip:", on_click="ignore")

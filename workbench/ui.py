@@ -1,0 +1,173 @@
+"""Streamlit pieces the workbench pages share: the process-wide run manager, cached models, errors
+shown in the page, the run picker and the run's charts. Everything here runs in the page's own
+script thread; the training thread never touches Streamlit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from prune_engine import run_manager as rm
+from prune_engine.config import ConfigError
+from prune_engine.data import DataError
+from prune_engine.embedder import Embedder
+from prune_engine.export import ExportError
+from prune_engine.sources import ModelSourceError, load_embedder
+from prune_engine.targets import TargetError
+from prune_engine.trainer import TrainingError
+from workbench import charts
+
+log = logging.getLogger(__name__)
+
+ENGINE_ERRORS = (ConfigError, DataError, ModelSourceError, TargetError, TrainingError, ExportError, rm.WorkbenchError)
+SETTINGS_PREFIX = "cfg."  # the Configure page's widgets (persist_state="session": kept across pages)
+RUN_KEY = "workbench.run"  # the run the user last picked, shared by the pages
+CONFIG_KEY = "workbench.config"  # the Configure page's RunConfig; None while it has a problem
+NAME_KEY = "workbench.run_name"
+REFRESH_S = 1.5  # live view period while a run trains
+
+
+@st.cache_resource(show_spinner=False)
+def _manager(workspace: str) -> rm.RunManager:
+    return rm.RunManager(Path(workspace))
+
+
+def manager() -> rm.RunManager:
+    """One manager per workspace for the whole server: runs outlive sessions and page reloads."""
+    return _manager(str(rm.workspace_dir()))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def embedder(source: str, trust_remote_code: bool) -> Embedder:
+    return load_embedder(source, trust_remote_code=trust_remote_code).eval()
+
+
+@contextmanager
+def guard(action: str = "") -> Iterator[None]:
+    """Shows what went wrong in the page instead of a traceback; the page and its inputs stay as they were."""
+    prefix = f"{action}: " if action else ""
+    try:
+        yield
+    except ENGINE_ERRORS as error:
+        st.error(f"{prefix}{error}")
+    except Exception as error:
+        log.exception("workbench: %s failed", action or "an action")
+        st.error(f"{prefix}unexpected {type(error).__name__}: {error}")
+
+
+def sidebar() -> None:
+    """On every page: where runs are kept and what is training."""
+    active = manager().active()
+    if active is not None:
+        st.sidebar.info(f"Training **{active.name}**; the Train page follows it.")
+    st.sidebar.caption(f"Workspace: `{manager().workspace}`")
+
+
+def human(n: float) -> str:
+    """12,345,678 -> '12.3M': for short labels; tables show exact counts."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def pick_run(label: str, finished_only: bool) -> rm.RunRecord:
+    """A select box of the workspace's runs (finished ones: those with an export); stops the page
+    with a hint when there is none."""
+    runs = [r for r in manager().runs() if r.export_dir or not finished_only]
+    if not runs:
+        st.info("No finished run yet. Configure one, then start it on the Train page.")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.stop()
+    names = [r.name for r in runs]
+    current = st.session_state.get(RUN_KEY)
+    name = st.selectbox(label, names, index=names.index(current) if current in names else 0)
+    st.session_state[RUN_KEY] = name
+    return manager().record(name)
+
+
+def run_status(record: rm.RunRecord) -> str:
+    """Progress, phase and the run's last message; returns the run's state."""
+    state = record.state()
+    status = record.status()
+    step, total = record.progress()
+    metrics = record.metrics()
+    last = metrics[-1] if metrics else {}
+    st.progress(step / total if total else 0.0, text=f"**{record.name}**: {state}, step {step} of {total or '?'}"
+                + (f", phase {status.get('phase')}" if status.get("phase") else ""))
+    message = status.get("message", "")
+    if state == "failed":
+        st.error(f"The run failed: {message}")
+    elif state == "interrupted":
+        st.warning("The process that ran this stopped without finishing it (the app was restarted?). "
+                   + ("Resume it from its last checkpoint." if record.has_checkpoint() else "It left no checkpoint."))
+    elif message:
+        st.caption(message)
+    if last:
+        columns = st.columns(4)
+        columns[0].metric("Total loss", f"{last.get('loss/total', float('nan')):.4f}")
+        columns[1].metric("Expected encoder size", human(last.get("expected_encoder_params", 0)),
+                          help=f"{last.get('expected_encoder_params', 0):,.0f} parameters")
+        columns[2].metric("Target", human(last.get("target_params", 0)))
+        columns[3].metric("Examples / s", f"{last.get('examples_per_s', 0):.1f}")
+    return state
+
+
+def run_charts(record: rm.RunRecord) -> None:
+    """The run's curves and its latest gates, two charts a row."""
+    metrics = record.metrics()
+    gates = record.latest_gates()
+    if not metrics and not gates:
+        st.info("Waiting for the first logged step...")
+        return
+    figures = [charts.loss_figure(metrics), charts.size_figure(metrics),
+               charts.multiplier_figure(metrics), charts.decided_figure(metrics)]
+    if gates:
+        figures += [charts.head_gates_figure(gates), charts.ffn_figure(gates), charts.layer_gates_figure(gates)]
+    for start in range(0, len(figures), 2):
+        for column, figure in zip(st.columns(2), figures[start : start + 2], strict=False):
+            column.plotly_chart(figure, width="stretch")
+
+
+def run_result(record: rm.RunRecord) -> None:
+    """What a finished run produced: the structure and the sizes, from its export's pruning_info.json."""
+    info = record.pruning_info()
+    if not info:
+        return
+    before, after = info["parameters_before"], info["parameters_after"]
+    retained = rm.headline_retained(record.report() or {})
+    kept = f" It keeps {retained:.1%} of the original's score (details on Runs and Evaluate)." if retained else ""
+    st.success(f"Exported to `{record.export_dir}`: {info['structure_description']}.{kept}")
+    columns = st.columns(3)
+    for column, part in zip(columns, ("total", "encoder", "embeddings"), strict=True):
+        change = after[part] / before[part] - 1 if before[part] else 0.0
+        column.metric(f"{part.capitalize()} parameters", f"{after[part]:,}", f"{change:+.1%}" if change else None,
+                      delta_color="inverse")
+
+
+def show_report(report: dict, key: str) -> None:
+    """A comparison report (the evaluator's): the figures as a table and the shared ones as a chart."""
+    rows = rm.evaluation_rows(report)
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True,
+                 column_config={"retained": st.column_config.NumberColumn(format="percent")})
+    for split, reason in report.get("unavailable", {}).items():
+        st.caption(f"No {split} split: {reason}")
+    st.plotly_chart(charts.evaluation_figure(rows), width="stretch", key=f"report.{key}")
+
+
+def show_evaluation(result: dict) -> None:
+    """The Evaluate page's stored result: the measured speedup, then the report."""
+    speed = result["speed"]
+    columns = st.columns(3)
+    columns[0].metric("Measured speedup", f"{speed['speedup']:.2f}x",
+                      help=f"best of {speed['repeats']} encodings of the same {speed['texts']} texts, batch "
+                      f"{speed['batch_size']}, the two models timed in turns")
+    columns[1].metric("Original", f"{speed['original_s']:.2f} s")
+    columns[2].metric("Pruned", f"{speed['pruned_s']:.2f} s")
+    show_report(result["report"], "evaluation")

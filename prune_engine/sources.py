@@ -47,20 +47,23 @@ def bundled_minilm_dir() -> Path:
 
 
 def _download_from_hub(repo_id: str) -> Path:
+    """A snapshot already in the local cache is used as it is (no network round trip, which offline
+    would mean ~30 s of retries); otherwise it is downloaded."""
     from huggingface_hub import list_repo_files, snapshot_download
 
     try:
-        try:
-            files = list_repo_files(repo_id)
-            skipped = _HUB_SKIPPED + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
-        except Exception:
-            skipped = _HUB_SKIPPED  # offline: the cached snapshot is whatever was downloaded before
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        pass  # not cached yet
+    try:
+        files = list_repo_files(repo_id)
+        skipped = _HUB_SKIPPED + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
         return Path(snapshot_download(repo_id, ignore_patterns=skipped))
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = " ".join(str(error).split()) or type(error).__name__
         raise ModelSourceError(
             f"could not load '{repo_id}' from the Hugging Face hub and it is not in the local cache "
-            f"({type(error).__name__}: {reason[:200]}). Use a local directory that holds the model "
+            f"({type(error).__name__}: {reason[:300]}). Use a local directory that holds the model "
             f"(config.json and weights), or '{MINILM_ALIAS}' for the bundled demo model."
         ) from None
 

@@ -483,7 +483,7 @@ class PruningRun:
             self._emit(TrainingEvent("start", self.step, self.total_steps, self.phase, self._size_metrics(),
                                      self._gates()))
             return self._loop()
-        except TrainingError as error:
+        except (TrainingError, ValueError) as error:  # ValueError: bad data, model source, target or config
             self._write_status("failed", str(error))
             self._emit(TrainingEvent("error", self.step, self.total_steps, self.phase, message=str(error)))
             raise

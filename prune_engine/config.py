@@ -60,7 +60,7 @@ class TargetParams:
 @dataclass
 class OptimizerConfig:
     lr: float = 2.0e-5  # encoder weights
-    gate_lr: float = 0.5  # L0 gate logits (Adam): large enough that gates decide within a short mask phase
+    gate_lr: float = 0.1  # L0 gate logits (Adam): gates decide within a few hundred steps without saturating
     lagrangian_lr: float = 0.5  # multipliers, by gradient ascent
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1

@@ -92,10 +92,22 @@ def main() -> None:
     config = original.config
     sts_test = load_eval_data("sts", "test")
     scifact = None if args.no_scifact else load_eval_data("mteb/scifact", "test")
-    rows = {"original": score(original, original, sts_test, scifact, 0.0)}
+    rows: dict[str, dict] = {}
+    results_file = ROOT / "benchmarks" / "results" / "quality.json"
+    results_file.parent.mkdir(exist_ok=True)
+    header = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+              "command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])}
+
+    def record(name: str, row: dict) -> None:
+        """Each row is saved as soon as it is measured, so a long benchmark keeps what it finished."""
+        rows[name] = row
+        results_file.write_text(json.dumps({**header, "rows": rows}, indent=2))
+        print(f"{name}: {row}", flush=True)
+
+    record("original", score(original, original, sts_test, scifact, 0.0))
 
     model, wall = fixed("unpruned_trained", args.out, layer_drop_masks(config, list(range(config.num_hidden_layers))), steps)
-    rows["5. unpruned, same training"] = score(model, original, sts_test, scifact, wall)
+    record("5. unpruned, same training", score(model, original, sts_test, scifact, wall))
 
     train = load_training_data("sts", "train")
     generator = torch.Generator().manual_seed(0)
@@ -107,24 +119,20 @@ def main() -> None:
         tag = f"keep{int(keep * 100)}"
         budget = ParameterBudget.from_fraction(config, keep).parameters
         model, wall = trained(f"l0_{tag}", args.out, [f"target_params.fraction={keep}", f"max_duration={steps}"])
-        rows[f"1. L0 + distillation ({tag})"] = score(model, original, sts_test, scifact, wall)
+        record(f"1. L0 + distillation ({tag})", score(model, original, sts_test, scifact, wall))
         n_layers = max(1, round(config.num_hidden_layers * keep))
         for label, layers in (("evenly spaced", evenly_spaced(config.num_hidden_layers, n_layers)),
                               ("first", list(range(n_layers)))):
             start = time.perf_counter()
             dropped = prune_embedder(original, layer_drop_masks(config, layers))
-            rows[f"2. {label} {n_layers} layers, no training ({tag})"] = score(
-                dropped, original, sts_test, scifact, time.perf_counter() - start)
+            record(f"2. {label} {n_layers} layers, no training ({tag})", score(
+                dropped, original, sts_test, scifact, time.perf_counter() - start))
         model, wall = fixed(f"layerdrop_{tag}", args.out,
                             layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, n_layers)), steps)
-        rows[f"3. evenly spaced {n_layers} layers + distillation ({tag})"] = score(model, original, sts_test, scifact, wall)
+        record(f"3. evenly spaced {n_layers} layers + distillation ({tag})", score(model, original, sts_test, scifact, wall))
         model, wall = fixed(f"importance_{tag}", args.out, masks_for_budget(config, importance, budget), steps)
-        rows[f"4. gradient importance + distillation ({tag})"] = score(model, original, sts_test, scifact, wall)
+        record(f"4. gradient importance + distillation ({tag})", score(model, original, sts_test, scifact, wall))
 
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]]), "rows": rows}
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "quality.json").write_text(json.dumps(result, indent=2))
     base = rows["original"]
     print("| method | encoder params | STS-B test | retained | SciFact nDCG@10 | retained | speedup | wall |")
     print("|---|---|---|---|---|---|---|---|")

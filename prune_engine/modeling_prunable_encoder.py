@@ -153,7 +153,7 @@ class PrunableSelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(
-        self, hidden: torch.Tensor, attention_bias: torch.Tensor, head_gate: torch.Tensor | None
+        self, hidden: torch.Tensor, attention_bias: torch.Tensor | None, head_gate: torch.Tensor | None
     ) -> torch.Tensor:
         batch, length, _ = hidden.shape
         if self.num_heads == 0:
@@ -289,7 +289,10 @@ class PrunableEncoderModel(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         # (batch, length) -> additive bias (batch, 1, 1, length): 0 where attended, dtype-min on padding.
-        attention_bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        # Without padding no mask is passed, which lets SDPA pick its fused (flash) kernels on GPU.
+        attention_bias = None
+        if not bool(attention_mask.all()):
+            attention_bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
         hidden, all_hidden = self.encoder(hidden, attention_bias, gates, output_hidden_states)
         if not return_dict:
             return (hidden,) if all_hidden is None else (hidden, tuple(all_hidden))

@@ -7,6 +7,7 @@ lexical weights and the multi-vector (ColBERT) output are computed the way FlagE
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,6 +70,20 @@ class Embedder(nn.Module):
         self.sparse_linear = sparse_linear
         self.colbert_linear = colbert_linear
         self.source = source
+
+    def with_parts(self, encoder: PrunableEncoderModel, tokenizer=None) -> Embedder:
+        """A new embedder around another encoder (pruned, trimmed, restored) with this one's pooling,
+        length and copies of its output heads; this one is left untouched (it may be the teacher)."""
+        return Embedder(
+            encoder,
+            tokenizer if tokenizer is not None else self.tokenizer,
+            pooling=self.pooling,
+            normalize=self.normalize,
+            max_length=self.max_length,
+            sparse_linear=copy.deepcopy(self.sparse_linear),
+            colbert_linear=copy.deepcopy(self.colbert_linear),
+            source=self.source,
+        )
 
     @property
     def config(self):

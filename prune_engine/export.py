@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from . import modeling_prunable_encoder
 from .accounting import Structure, count_parameters
 from .embedder import Embedder
-from .sources import BGE_M3_HEAD_FILES
+from .sources import BGE_M3_HEAD_FILES, STOCK_CONFIG_KEYS
 
 STOCK_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 _MODELING_FILE = Path(modeling_prunable_encoder.__file__)
@@ -45,12 +45,7 @@ def needs_remote_code(config) -> bool:
 def _stock_config_dict(config) -> dict:
     from transformers import AutoConfig
 
-    keys = (
-        "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
-        "hidden_dropout_prob attention_probs_dropout_prob max_position_embeddings type_vocab_size "
-        "initializer_range layer_norm_eps pad_token_id bos_token_id eos_token_id"
-    ).split()
-    fields = {k: getattr(config, k) for k in keys if getattr(config, k, None) is not None}
+    fields = {k: getattr(config, k) for k in STOCK_CONFIG_KEYS if getattr(config, k, None) is not None}
     stock = AutoConfig.for_model(config.source_model_type, **fields)
     stock.architectures = [{"bert": "BertModel", "roberta": "RobertaModel"}.get(config.source_model_type, "XLMRobertaModel")]
     return stock.to_dict()

@@ -72,16 +72,7 @@ def prune_encoder(encoder: PrunableEncoderModel, masks: StructureMasks) -> Pruna
 
 def prune_embedder(embedder: Embedder, masks: StructureMasks) -> Embedder:
     """A new, smaller embedder; the original is left untouched (it stays the teacher)."""
-    return Embedder(
-        prune_encoder(embedder.encoder, masks),
-        embedder.tokenizer,
-        pooling=embedder.pooling,
-        normalize=embedder.normalize,
-        max_length=embedder.max_length,
-        sparse_linear=copy.deepcopy(embedder.sparse_linear),
-        colbert_linear=copy.deepcopy(embedder.colbert_linear),
-        source=embedder.source,
-    )
+    return embedder.with_parts(prune_encoder(embedder.encoder, masks))
 
 
 def kept_indices(masks: StructureMasks) -> list[dict]:

@@ -27,6 +27,12 @@ SUPPORTED_MODEL_TYPES = {
     "camembert": True,
     PrunableEncoderConfig.model_type: None,
 }
+# The fields a stock BERT / RoBERTa / XLM-R config shares with the prunable encoder's.
+STOCK_CONFIG_KEYS = (
+    "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
+    "hidden_dropout_prob attention_probs_dropout_prob max_position_embeddings type_vocab_size "
+    "initializer_range layer_norm_eps pad_token_id bos_token_id eos_token_id"
+).split()
 # Checkpoint keys that sentence embeddings never use.
 _UNUSED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.")
 _HUB_SKIPPED = ["*.onnx", "onnx/*", "*.msgpack", "*.h5", "*.ot", "imgs/*", "*.png", "*.jpg", "openvino/*"]
@@ -101,13 +107,8 @@ def encoder_config_from_hf(config: dict) -> PrunableEncoderConfig:
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise ModelSourceError(f"position_embedding_type '{position_type}' is not supported, only 'absolute'")
-    keys = (
-        "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
-        "hidden_dropout_prob attention_probs_dropout_prob max_position_embeddings type_vocab_size "
-        "initializer_range layer_norm_eps pad_token_id bos_token_id eos_token_id"
-    ).split()
     return PrunableEncoderConfig(
-        **{k: config[k] for k in keys if config.get(k) is not None},
+        **{k: config[k] for k in STOCK_CONFIG_KEYS if config.get(k) is not None},
         position_ids_from_padding=SUPPORTED_MODEL_TYPES[model_type],
         source_model_type=model_type,
     )

@@ -346,10 +346,7 @@ class PruningRun:
         state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
         self.step, self.phase = state["step"], state["phase"]
         encoder = PrunableEncoderModel(PrunableEncoderConfig.from_dict(state["student_config"]))
-        student = Embedder(
-            encoder, self.teacher.tokenizer, self.teacher.pooling, self.teacher.normalize, self.teacher.max_length,
-            copy.deepcopy(self.teacher.sparse_linear), copy.deepcopy(self.teacher.colbert_linear), self.teacher.source,
-        ).to(self.accelerator.device)
+        student = self.teacher.with_parts(encoder).to(self.accelerator.device)
         student.load_state_dict(state["student"])
         if state["final_masks"] is not None:
             self.final_masks = StructureMasks.from_dict(state["final_masks"])

@@ -258,16 +258,7 @@ def trim_embedder(embedder: Embedder, plan: VocabularyPlan) -> Embedder:
     encoder = PrunableEncoderModel(trimmed_config)
     encoder.load_state_dict(state)
     encoder.to(device=embedder.device, dtype=embedder.encoder.dtype).train(embedder.encoder.training)
-    return Embedder(
-        encoder,
-        trim_tokenizer(embedder.tokenizer, plan),
-        pooling=embedder.pooling,
-        normalize=embedder.normalize,
-        max_length=embedder.max_length,
-        sparse_linear=copy.deepcopy(embedder.sparse_linear),
-        colbert_linear=copy.deepcopy(embedder.colbert_linear),
-        source=embedder.source,
-    )
+    return embedder.with_parts(encoder, trim_tokenizer(embedder.tokenizer, plan))
 
 
 def trimmed_size_report(

@@ -163,7 +163,16 @@ class ParameterBudget:
         scores = {**_all_kept(config), **masks.scores()}
         with torch.no_grad():
             expected = masks.expected_structure()
-        layers = _top_k_mask(torch.cat(scores["layers"]), int(round(float(expected["layers"]))))
+        layer_scores = torch.cat(scores["layers"])
+        n_layers = int(round(float(expected["layers"])))
+        # Gates still undecided can round to fewer layers than the budget needs: then even every unit
+        # of the kept layers would fall short, so take the next best layers until the budget fits.
+        while n_layers < config.num_hidden_layers and self._size(config, StructureMasks(
+            _top_k_mask(layer_scores, n_layers), [torch.ones(h, dtype=torch.bool) for h in config.heads_per_layer],
+            [torch.ones(f, dtype=torch.bool) for f in config.intermediate_sizes],
+        ).kept_structure(config.vocab_size)) < self.parameters:
+            n_layers += 1
+        layers = _top_k_mask(layer_scores, n_layers)
         heads = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["heads"], expected["heads"], strict=True)]
         ffn = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["ffn"], expected["ffn"], strict=True)]
         result = StructureMasks(layers, heads, ffn)

@@ -259,6 +259,23 @@ def test_parameter_budget_final_masks_fill_the_budget(seed, fraction):
     assert budget.parameters - size < ffn_parameters_per_neuron(config.hidden_size)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_parameter_budget_adds_layers_when_undecided_gates_round_to_too_few(seed):
+    """Layer gates all at a low keep probability round to no layer at all; the final masks still
+    fill the budget, with the best-scored layers."""
+    config = tiny_config(num_hidden_layers=4)
+    masks = L0Masks(config)
+    set_log_alpha(masks, seed)
+    with torch.no_grad():
+        masks.groups["layers"].log_alpha.copy_(torch.tensor([-4.0, -3.0, -5.0, -3.5]))
+    assert round(float(masks.expected_structure()["layers"])) == 0
+    budget = ParameterBudget.from_fraction(config, 0.45)
+    final = budget.final_masks(masks)
+    size = count_parameters(config, final.kept_structure(config.vocab_size)).encoder
+    assert budget.parameters - ffn_parameters_per_neuron(config.hidden_size) < size <= budget.parameters
+    assert final.layers[1] and final.layers[3]  # the two best-scored layers come first
+
+
 def test_parameter_budget_prefers_higher_scores():
     config = tiny_config(num_hidden_layers=1)
     masks = L0Masks(config, structures=("ffn",))

@@ -16,6 +16,7 @@ markdown table that benchmarks/RESULTS.md holds.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -38,6 +39,7 @@ from prune_engine.targets import ParameterBudget  # noqa: E402
 from prune_engine.trainer import PruningRun, make_batch  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs" / "stsb_minilm_half.yaml"
+METHODS = ("l0", "layer_drop", "layer_drop_distilled", "importance", "unpruned")
 
 
 def encoder_parameters(embedder) -> int:
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--no-scifact", action="store_true", help="skip SciFact (5183 documents per model)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="measure only these; rows already in results/quality.json are kept")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     steps = f"{args.steps}ba"
@@ -92,9 +96,9 @@ def main() -> None:
     config = original.config
     sts_test = load_eval_data("sts", "test")
     scifact = None if args.no_scifact else load_eval_data("mteb/scifact", "test")
-    rows: dict[str, dict] = {}
     results_file = ROOT / "benchmarks" / "results" / "quality.json"
     results_file.parent.mkdir(exist_ok=True)
+    rows: dict[str, dict] = json.loads(results_file.read_text())["rows"] if results_file.is_file() else {}
     header = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])}
 
@@ -106,32 +110,40 @@ def main() -> None:
 
     record("original", score(original, original, sts_test, scifact, 0.0))
 
-    model, wall = fixed("unpruned_trained", args.out, layer_drop_masks(config, list(range(config.num_hidden_layers))), steps)
-    record("5. unpruned, same training", score(model, original, sts_test, scifact, wall))
+    if "unpruned" in args.methods:
+        everything = layer_drop_masks(config, list(range(config.num_hidden_layers)))
+        model, wall = fixed("unpruned_trained", args.out, everything, steps)
+        record("5. unpruned, same training", score(model, original, sts_test, scifact, wall))
 
-    train = load_training_data("sts", "train")
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(train.sentences1), generator=generator).tolist()
-    batches = [make_batch(train, order[i : i + 32]) for i in range(0, 32 * 50, 32)]
-    importance = gradient_importance(original, batches)
+    @functools.cache
+    def importance() -> dict:
+        """Head and neuron importance from 50 batches of 32 STS-B train pairs."""
+        train = load_training_data("sts", "train")
+        order = torch.randperm(len(train.sentences1), generator=torch.Generator().manual_seed(0)).tolist()
+        return gradient_importance(original, [make_batch(train, order[i : i + 32]) for i in range(0, 32 * 50, 32)])
 
     for keep in args.keep:
         tag = f"keep{int(keep * 100)}"
         budget = ParameterBudget.from_fraction(config, keep).parameters
-        model, wall = trained(f"l0_{tag}", args.out, [f"target_params.fraction={keep}", f"max_duration={steps}"])
-        record(f"1. L0 + distillation ({tag})", score(model, original, sts_test, scifact, wall))
         n_layers = max(1, round(config.num_hidden_layers * keep))
-        for label, layers in (("evenly spaced", evenly_spaced(config.num_hidden_layers, n_layers)),
-                              ("first", list(range(n_layers)))):
-            start = time.perf_counter()
-            dropped = prune_embedder(original, layer_drop_masks(config, layers))
-            record(f"2. {label} {n_layers} layers, no training ({tag})", score(
-                dropped, original, sts_test, scifact, time.perf_counter() - start))
-        model, wall = fixed(f"layerdrop_{tag}", args.out,
-                            layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, n_layers)), steps)
-        record(f"3. evenly spaced {n_layers} layers + distillation ({tag})", score(model, original, sts_test, scifact, wall))
-        model, wall = fixed(f"importance_{tag}", args.out, masks_for_budget(config, importance, budget), steps)
-        record(f"4. gradient importance + distillation ({tag})", score(model, original, sts_test, scifact, wall))
+        if "l0" in args.methods:
+            model, wall = trained(f"l0_{tag}", args.out, [f"target_params.fraction={keep}", f"max_duration={steps}"])
+            record(f"1. L0 + distillation ({tag})", score(model, original, sts_test, scifact, wall))
+        if "layer_drop" in args.methods:
+            for label, layers in (("evenly spaced", evenly_spaced(config.num_hidden_layers, n_layers)),
+                                  ("first", list(range(n_layers)))):
+                start = time.perf_counter()
+                dropped = prune_embedder(original, layer_drop_masks(config, layers))
+                record(f"2. {label} {n_layers} layers, no training ({tag})", score(
+                    dropped, original, sts_test, scifact, time.perf_counter() - start))
+        if "layer_drop_distilled" in args.methods:
+            masks = layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, n_layers))
+            model, wall = fixed(f"layerdrop_{tag}", args.out, masks, steps)
+            record(f"3. evenly spaced {n_layers} layers + distillation ({tag})",
+                   score(model, original, sts_test, scifact, wall))
+        if "importance" in args.methods:
+            model, wall = fixed(f"importance_{tag}", args.out, masks_for_budget(config, importance(), budget), steps)
+            record(f"4. gradient importance + distillation ({tag})", score(model, original, sts_test, scifact, wall))
 
     base = rows["original"]
     print("| method | encoder params | STS-B test | retained | SciFact nDCG@10 | retained | speedup | wall |")

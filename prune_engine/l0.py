@@ -34,6 +34,10 @@ EPSILON = 1e-6
 # A gate is "decided" when its deterministic value is this close to 0 or 1.
 DECIDED_MARGIN = 0.05
 STRUCTURES = ("layers", "heads", "ffn")
+# Adam betas for the gate logits: a short momentum, so gates stop soon after the expected size
+# reaches the target instead of coasting past it (on MiniLM the default 0.9 fell 9% under the
+# target before settling; 0.5 did not fall under).
+GATE_ADAM_BETAS = (0.5, 0.999)
 
 
 class HardConcreteGates(nn.Module):

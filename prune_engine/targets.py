@@ -212,10 +212,23 @@ class ParameterBudget:
 SizeTarget = ArchitectureTarget | ParameterBudget
 
 
+# The linear multiplier integrates only while the gap is within this share of the full size, and at
+# this fraction of the quadratic one's learning rate (see Lagrangian).
+INTEGRATION_BAND = 0.05
+INTEGRAL_RATE = 0.1
+
+
 class Lagrangian(nn.Module):
-    """`l1 * gap + l2 * gap^2` summed over constraints. The multipliers are trained by gradient
-    ascent (an optimizer with `maximize=True`): a persistent gap makes them grow until the gates
-    give in, which a fixed penalty weight cannot guarantee."""
+    """`l1 * gap + l2 * gap^2` summed over constraints, the multipliers trained by gradient ascent
+    (`optimizer`): a persistent gap makes them grow until the gates give in, which a fixed penalty
+    weight cannot guarantee.
+
+    Read as a controller, the quadratic term is the proportional part (its push follows the gap and
+    reverses with it) and `l1` the integral part that removes the offset the task loss leaves. The
+    gates start near 1 and lag the ramped target by tens of steps; integrating those large gaps wound
+    `l1` up and drove MiniLM's expected size to 2.2M against a 5.3M target. So `l1` integrates only
+    inside INTEGRATION_BAND, at INTEGRAL_RATE of the rate (benchmarks/RESULTS.md has the runs).
+    """
 
     def __init__(self, constraint_names: list[str]):
         super().__init__()
@@ -224,7 +237,15 @@ class Lagrangian(nn.Module):
         self.lambda_2 = nn.Parameter(torch.zeros(len(constraint_names)))
 
     def forward(self, gaps: torch.Tensor) -> torch.Tensor:
-        return (self.lambda_1 * gaps + self.lambda_2 * gaps.pow(2)).sum()
+        # Same value either way; outside the band lambda_1 gets no gradient (anti-windup).
+        integrating = (gaps.detach().abs() <= INTEGRATION_BAND).to(gaps.dtype)
+        lambda_1 = self.lambda_1 * integrating + self.lambda_1.detach() * (1 - integrating)
+        return (lambda_1 * gaps + self.lambda_2 * gaps.pow(2)).sum()
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """Gradient ascent on the multipliers, `l1` at INTEGRAL_RATE of `lr`."""
+        groups = [{"params": [self.lambda_2], "lr": lr}, {"params": [self.lambda_1], "lr": lr * INTEGRAL_RATE}]
+        return torch.optim.AdamW(groups, weight_decay=0.0, maximize=True)
 
     def multipliers(self) -> dict[str, float]:
         out = {}

@@ -33,7 +33,7 @@ from .config import RunConfig, save_config
 from .data import QueryPassagePairs, ScoredPairs, TextCorpus, load_training_data
 from .embedder import Embedder
 from .export import export_embedder, pruning_info
-from .l0 import L0Masks, StructureMasks
+from .l0 import GATE_ADAM_BETAS, L0Masks, StructureMasks
 from .losses import CoSENTLoss, DistillationLoss, InfoNCELoss, TokenDistillationLoss
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
 from .prune import kept_indices, prune_embedder
@@ -279,7 +279,8 @@ class PruningRun:
         weights = [p for p in student.parameters() if p.requires_grad]
         groups = [{"params": weights, "lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}]
         if masks is not None:
-            groups.append({"params": list(masks.parameters()), "lr": config.optimizer.gate_lr, "weight_decay": 0.0})
+            groups.append({"params": list(masks.parameters()), "lr": config.optimizer.gate_lr, "weight_decay": 0.0,
+                           "betas": GATE_ADAM_BETAS})
         optimizer = torch.optim.AdamW(groups)
         warmup = max(1, round(self.total_steps * config.optimizer.warmup_fraction))
         schedules = [_weight_schedule(warmup, self.total_steps)] + [lambda step: 1.0] * (len(groups) - 1)
@@ -291,9 +292,7 @@ class PruningRun:
         prepared = [objective, optimizer]
         lagrangian_optimizer = None
         if lagrangian is not None:
-            lagrangian_optimizer = torch.optim.AdamW(
-                lagrangian.parameters(), lr=config.optimizer.lagrangian_lr, weight_decay=0.0, maximize=True
-            )
+            lagrangian_optimizer = lagrangian.optimizer(config.optimizer.lagrangian_lr)
             prepared.append(lagrangian_optimizer)
         prepared = self.accelerator.prepare(*prepared)
         self.objective, self.optimizer = prepared[0], prepared[1]

@@ -28,7 +28,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SECOND = 1000  # Playwright timeouts are in milliseconds
-RUN_STEPS = 10
+# Long enough (about 7 steps/s here at batch 4) that the mask phase outlasts several live refreshes
+# even on a machine a few times faster; with 10 steps a fast CI box finished before the first one.
+RUN_STEPS = 200
 
 
 def free_port() -> int:
@@ -125,6 +127,7 @@ def test_demo_run_in_the_browser(app_url, page):
     page.get_by_role("button", name=re.compile("Start")).click()
     page.get_by_text("Head gates (step").first.wait_for(timeout=180 * SECOND)
     first_steps = head_gate_steps(page)
+    assert first_steps != {str(RUN_STEPS)}, "the run had finished before the page first drew it: raise RUN_STEPS"
     deadline = time.monotonic() + 120
     while head_gate_steps(page) == first_steps:  # the chart moves on without any click
         assert time.monotonic() < deadline, f"the live charts did not update (still at step {first_steps})"
@@ -133,7 +136,7 @@ def test_demo_run_in_the_browser(app_url, page):
 
     page.reload()  # a reloaded browser finds the run still going (or just finished) on the Train page
     page.get_by_text("Head gates (step").first.wait_for(timeout=60 * SECOND)
-    page.get_by_text("Exported to").wait_for(timeout=240 * SECOND)
+    page.get_by_text("Exported to").wait_for(timeout=600 * SECOND)
     screenshot(page, "3-train-done")
 
     go_to(page, "Export")

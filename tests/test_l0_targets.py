@@ -21,6 +21,7 @@ from prune_engine.l0 import (
 from prune_engine.modeling_prunable_encoder import PrunableEncoderConfig
 from prune_engine.presets import bge_m3_config
 from prune_engine.targets import (
+    INTEGRAL_LEAK,
     INTEGRAL_RATE,
     INTEGRATION_BAND,
     ArchitectureTarget,
@@ -229,6 +230,8 @@ def test_linear_multiplier_integrates_only_near_the_target():
     assert rates[id(lagrangian.lambda_1)] == pytest.approx(INTEGRAL_RATE * rates[id(lagrangian.lambda_2)])
     optimizer.step()
     assert (lagrangian.lambda_2 > 3.0).all()  # ascent: a gap only ever raises the quadratic weight
+    # Outside the band lambda_1 only leaks toward 0: the decoupled decay, lr * rate * leak per step.
+    assert lagrangian.lambda_1[1].item() == pytest.approx(2.0 * (1 - INTEGRAL_RATE * INTEGRAL_LEAK))
 
 
 def test_gaps_follow_the_ramp():

@@ -273,7 +273,7 @@ def configure() -> None:
     name = st.text_input("Run name (optional)", **_setting("run_name"),
                          placeholder="a name from the date, model and data")
     overrides = st.text_area("More settings, one key=value a line", **_setting("overrides"),
-                             placeholder="for example:\nloss.task=0.5\nstructures=[heads, ffn]")
+                             placeholder="for example:\nloss.task=0.5\nstructures=[heads, ffn]\ndistill_dataset=passages.jsonl")
 
     values = {"model": source, "dataset": dataset, "trust_remote_code": trust, **target, **training}
     if trim:

@@ -11,6 +11,8 @@ the measured encoding speedup and wall time. Writes benchmarks/results/quality.j
 markdown table that benchmarks/RESULTS.md holds.
 
     python benchmarks/quality.py     # both targets, 300 steps per trained method, STS-B and SciFact
+    python benchmarks/quality.py --distill-dataset ../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl
+        # the same, every trained method also distilling on MS MARCO passages (results/quality_distill_trec_dl2019_pairs_rel2plus.json)
 
 The about-70%-removed target keeps exactly a third of the encoder: two of MiniLM's six layers, so
 the layer-drop rows have the same parameter count as the others to the parameter.
@@ -43,6 +45,7 @@ from prune_engine.trainer import PruningRun, make_batch  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs" / "stsb_minilm_half.yaml"
 METHODS = ("l0", "layer_drop", "layer_drop_distilled", "importance", "unpruned")
+TRAINING_DATA: list[str] = []  # overrides every trained method shares (--distill-dataset)
 
 
 def encoder_parameters(embedder) -> int:
@@ -72,7 +75,7 @@ def score(embedder, original, sts_test, scifact, wall_s: float) -> dict:
 
 def trained(name: str, out: Path, overrides: list[str]):
     start = time.perf_counter()
-    config = load_config(BASE_CONFIG, [f"output_dir={out / name}", "eval_splits=[]", *overrides])
+    config = load_config(BASE_CONFIG, [f"output_dir={out / name}", "eval_splits=[]", *TRAINING_DATA, *overrides])
     result = PruningRun(config, show_progress=True).run()
     return load_embedder(str(result.export_dir), trust_remote_code=True), time.perf_counter() - start
 
@@ -88,10 +91,17 @@ def main() -> None:
     parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 1 / 3], help="share of encoder parameters kept")
     parser.add_argument("--steps", type=int, default=300, help="training steps of every trained method")
     parser.add_argument("--no-scifact", action="store_true", help="skip SciFact (5183 documents per model)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
+    parser.add_argument("--distill-dataset", help="texts every trained method also distils on (distill_dataset); "
+                        "results go to results/quality_distill_<file stem>.json")
+    parser.add_argument("--out", type=Path, help="run directories (default runs/quality[_distill_<file stem>])")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="measure only these; rows already in results/quality.json are kept")
     args = parser.parse_args()
+    suffix = ""
+    if args.distill_dataset:
+        TRAINING_DATA.append(f"distill_dataset={Path(args.distill_dataset).resolve()}")
+        suffix = f"_distill_{Path(args.distill_dataset).stem}"
+    args.out = args.out or ROOT / "runs" / f"quality{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
     steps = f"{args.steps}ba"
 
@@ -99,7 +109,7 @@ def main() -> None:
     config = original.config
     sts_test = load_eval_data("sts", "test")
     scifact = None if args.no_scifact else load_eval_data("mteb/scifact", "test")
-    results_file = ROOT / "benchmarks" / "results" / "quality.json"
+    results_file = ROOT / "benchmarks" / "results" / f"quality{suffix}.json"
     results_file.parent.mkdir(exist_ok=True)
     rows: dict[str, dict] = json.loads(results_file.read_text())["rows"] if results_file.is_file() else {}
     header = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",

@@ -45,7 +45,7 @@ from prune_engine.modeling_prunable_encoder import PrunableEncoderModel  # noqa:
 from prune_engine.presets import bge_m3_config  # noqa: E402
 from prune_engine.sources import load_embedder  # noqa: E402
 from prune_engine.targets import Lagrangian  # noqa: E402
-from prune_engine.trainer import Batch, PruningObjective  # noqa: E402
+from prune_engine.trainer import Batch, PruningObjective, weights_and_gates_optimizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 2**30
@@ -74,18 +74,14 @@ class Step:
             lagrangian = Lagrangian(target.constraint_names()).to(device)
         self.objective = PruningObjective(student, config, masks, lagrangian, target).to(device)
         self.weights = [p for p in student.parameters() if p.requires_grad]
-        groups = [{"params": self.weights, "lr": config.optimizer.lr}]
-        if masks is not None:
-            groups.append({"params": list(masks.parameters()), "lr": config.optimizer.gate_lr, "weight_decay": 0.0})
-        self.optimizers = [torch.optim.AdamW(groups)]
+        self.optimizers = [weights_and_gates_optimizer(student, masks, config)]
         if lagrangian is not None:
-            self.optimizers.append(torch.optim.AdamW(lagrangian.parameters(), lr=config.optimizer.lagrangian_lr,
-                                                     weight_decay=0.0, maximize=True))
+            self.optimizers.append(lagrangian.optimizer(config.optimizer.lagrangian_lr))
         self.max_grad_norm = config.optimizer.max_grad_norm
 
     def __call__(self, features: dict, batch: Batch, teacher_out, autocast) -> None:
         with autocast():
-            losses = self.objective(features, batch, teacher_out, ramp=1.0)
+            losses = self.objective([features], batch, [teacher_out], ramp=1.0)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(self.weights, self.max_grad_norm)
         for optimizer in self.optimizers:

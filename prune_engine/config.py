@@ -106,6 +106,11 @@ class RunConfig:
     model: str = "minilm"
     dataset: str = "sts"
     eval_dataset: str | None = None  # defaults to the training dataset
+    # Unlabelled texts (a file or data set of any kind) appended to every batch for distillation
+    # only: the student then keeps the teacher's geometry beyond the task data, e.g. on passages
+    # when the task data is short STS sentences but the model also serves retrieval.
+    distill_dataset: str | None = None
+    distill_batch_size: int = 16  # texts of distill_dataset per batch
     eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])  # [] skips the final report
     target_model: TargetModel | None = None
     target_params: TargetParams | None = None
@@ -147,7 +152,8 @@ class RunConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.duration()  # validates max_duration
-        for name in ("batch_size", "max_length", "gradient_accumulation", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("batch_size", "max_length", "gradient_accumulation", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "distill_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("mask_fraction", "target_warmup_fraction"):

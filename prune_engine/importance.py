@@ -37,7 +37,7 @@ def gradient_importance(embedder: Embedder, batches: Iterable, max_length: int =
             n = batch.n
             loss = cosent(torch.nn.functional.cosine_similarity(dense[:n], dense[n : 2 * n]), batch.scores)
         elif batch.kind == "query_passage":
-            loss = infonce(dense[: batch.n], dense[batch.n :])
+            loss = infonce(dense[: batch.n], dense[batch.n : batch.task_end])
         else:
             raise ValueError("importance needs a task loss: scored pairs or query-passage pairs")
         gradients = torch.autograd.grad(loss, gates.heads + gates.ffn)

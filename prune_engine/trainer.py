@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig, save_config
-from .data import QueryPassagePairs, ScoredPairs, TextCorpus, load_training_data
-from .embedder import Embedder
+from .data import QueryPassagePairs, ScoredPairs, TextCorpus, load_training_data, texts_of
+from .embedder import Embedder, EmbeddingOutput
 from .export import export_embedder, pruning_info
 from .l0 import GATE_ADAM_BETAS, L0Masks, StructureMasks
 from .losses import CoSENTLoss, DistillationLoss, InfoNCELoss, TokenDistillationLoss
@@ -61,25 +62,60 @@ class TrainingEvent:
 @dataclass
 class Batch:
     """Texts encoded in one forward pass. Scored pairs: texts[:n] pair with texts[n:2n].
-    Query-passage: texts[:n] are queries, texts[n:] their passages (then hard negatives)."""
+    Query-passage: texts[:n] are queries, texts[n:task_end] their passages (then hard negatives).
+    The last `distill_only` texts (from `distill_dataset`) feed the distillation losses alone."""
 
     kind: str
     texts: list[str]
     n: int
     scores: torch.Tensor | None = None
+    distill_only: int = 0
+
+    @property
+    def task_end(self) -> int:
+        return len(self.texts) - self.distill_only
+
+    @property
+    def padding_groups(self) -> list[list[str]]:
+        """Task texts and distillation-only texts are tokenised apart, so short sentences are not
+        padded to the length of the passages mixed in with them."""
+        return [group for group in (self.texts[: self.task_end], self.texts[self.task_end :]) if group]
 
 
-def make_batch(data, indices: Sequence[int]) -> Batch:
+def merge_outputs(outputs: list[EmbeddingOutput]) -> EmbeddingOutput:
+    """Padding groups -> one output: (batch_i, length_i, ...) tensors zero-padded to the longest
+    length and concatenated along the batch."""
+    if len(outputs) == 1:
+        return outputs[0]
+    length = max(o.attention_mask.shape[1] for o in outputs)
+
+    def cat(name: str, trim: int = 0) -> torch.Tensor | None:
+        parts = [getattr(o, name) for o in outputs]
+        if parts[0] is None:
+            return None
+        # Pad dimension 1 (tokens) at its end: F.pad counts dimensions from the last one.
+        padded = [F.pad(p, [0, 0] * (p.dim() - 2) + [0, length - trim - p.shape[1]]) for p in parts]
+        return torch.cat(padded)
+
+    return EmbeddingOutput(
+        dense=torch.cat([o.dense for o in outputs]), token_states=cat("token_states"),
+        attention_mask=cat("attention_mask"), sparse_weights=cat("sparse_weights"),
+        colbert_vectors=cat("colbert_vectors", trim=1),
+    )
+
+
+def make_batch(data, indices: Sequence[int], distill_texts: Sequence[str] = ()) -> Batch:
+    extra = list(distill_texts)
     if isinstance(data, ScoredPairs):
         texts = [data.sentences1[i] for i in indices] + [data.sentences2[i] for i in indices]
-        return Batch("scored_pairs", texts, len(indices), torch.tensor([data.scores[i] for i in indices]))
+        return Batch("scored_pairs", texts + extra, len(indices), torch.tensor([data.scores[i] for i in indices]), len(extra))
     if isinstance(data, QueryPassagePairs):
         texts = [data.queries[i] for i in indices] + [data.passages[i] for i in indices]
         if data.negatives:
             texts += [data.negatives[i][0] for i in indices if data.negatives[i]]
-        return Batch("query_passage", texts, len(indices))
+        return Batch("query_passage", texts + extra, len(indices), distill_only=len(extra))
     if isinstance(data, TextCorpus):
-        return Batch("text", [data.texts[i] for i in indices], len(indices))
+        return Batch("text", [data.texts[i] for i in indices] + extra, len(indices), distill_only=len(extra))
     raise TypeError(f"cannot train on {type(data).__name__}")
 
 
@@ -130,22 +166,25 @@ class PruningObjective(nn.Module):
         self.cosent = CoSENTLoss(config.loss.cosent_scale)
         self.infonce = InfoNCELoss(config.loss.temperature)
 
-    def forward(self, features: dict, batch: Batch, teacher_out, ramp: float) -> dict[str, torch.Tensor]:
+    def forward(self, groups: list[dict], batch: Batch, teacher_outs: list[EmbeddingOutput], ramp: float) -> dict[str, torch.Tensor]:
+        """`groups`: the batch's features in padding groups (`Batch.padding_groups`), with the
+        teacher's output for each; one gate sample serves them all."""
         gates = self.masks.gates() if self.masks is not None else None
-        out = self.student(features, gates=gates)
+        out = merge_outputs([self.student(features, gates=gates) for features in groups])
+        teacher_out = merge_outputs(teacher_outs)
         losses = self.distill(out.dense, teacher_out.dense)
         losses.update(
             self.token_distill(
                 out.sparse_weights, teacher_out.sparse_weights,
-                out.colbert_vectors, teacher_out.colbert_vectors, features["attention_mask"],
+                out.colbert_vectors, teacher_out.colbert_vectors, out.attention_mask,
             )
         )
         if batch.kind == "scored_pairs":
             n = batch.n
-            cosines = torch.nn.functional.cosine_similarity(out.dense[:n], out.dense[n : 2 * n], dim=-1)
+            cosines = F.cosine_similarity(out.dense[:n], out.dense[n : 2 * n], dim=-1)
             losses["task"] = self.cosent(cosines.float(), batch.scores.to(cosines.device))
         elif batch.kind == "query_passage":
-            losses["task"] = self.infonce(out.dense[: batch.n].float(), out.dense[batch.n :].float())
+            losses["task"] = self.infonce(out.dense[: batch.n].float(), out.dense[batch.n : batch.task_end].float())
         weight = {
             "distill_cosine": self.weights.distill_cosine, "distill_similarity": self.weights.distill_similarity,
             "distill_sparse": self.weights.distill_sparse, "distill_colbert": self.weights.distill_colbert,
@@ -158,6 +197,17 @@ class PruningObjective(nn.Module):
             total = total + losses["lagrangian"]
         losses["total"] = total
         return losses
+
+
+def weights_and_gates_optimizer(student: Embedder, masks: L0Masks | None, config: RunConfig) -> torch.optim.AdamW:
+    """Group 0: the trainable weights (lr, weight decay). Group 1, in the mask phase: the gate
+    logits (gate_lr, no decay, short momentum so they follow the moving target)."""
+    weights = [p for p in student.parameters() if p.requires_grad]
+    groups = [{"params": weights, "lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}]
+    if masks is not None:
+        groups.append({"params": list(masks.parameters()), "lr": config.optimizer.gate_lr, "weight_decay": 0.0,
+                       "betas": GATE_ADAM_BETAS})
+    return torch.optim.AdamW(groups)
 
 
 def _weight_schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -226,6 +276,12 @@ class PruningRun:
         if n < 2:
             raise TrainingError(f"{config.dataset}: {n} training example(s); a run needs at least 2")
         self.examples = list(range(n))
+        self.distill_texts: list[str] = []
+        if config.distill_dataset:
+            self.distill_texts = texts_of(load_training_data(config.distill_dataset, "train"))
+            if len(self.distill_texts) < 2:
+                raise TrainingError(f"distill_dataset {config.distill_dataset}: {len(self.distill_texts)} text(s); "
+                                    "give a file or data set with at least 2 texts, or leave distill_dataset out")
         if config.max_train_examples and config.max_train_examples < n:
             self.examples = sorted(random.Random(config.seed).sample(self.examples, config.max_train_examples))
         world = self.accelerator.num_processes
@@ -276,14 +332,9 @@ class PruningRun:
             student.encoder.gradient_checkpointing_enable()
         student.train()
         objective = PruningObjective(student, config, masks, lagrangian, self.target)
-        weights = [p for p in student.parameters() if p.requires_grad]
-        groups = [{"params": weights, "lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}]
-        if masks is not None:
-            groups.append({"params": list(masks.parameters()), "lr": config.optimizer.gate_lr, "weight_decay": 0.0,
-                           "betas": GATE_ADAM_BETAS})
-        optimizer = torch.optim.AdamW(groups)
+        optimizer = weights_and_gates_optimizer(student, masks, config)
         warmup = max(1, round(self.total_steps * config.optimizer.warmup_fraction))
-        schedules = [_weight_schedule(warmup, self.total_steps)] + [lambda step: 1.0] * (len(groups) - 1)
+        schedules = [_weight_schedule(warmup, self.total_steps)] + [lambda step: 1.0] * (len(optimizer.param_groups) - 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules, last_epoch=-1)
         # LambdaLR steps once at construction; move it to the run's current step.
         for group, schedule, base in zip(optimizer.param_groups, schedules, scheduler.base_lrs, strict=True):
@@ -376,6 +427,24 @@ class PruningRun:
         mine = chunk[self.accelerator.process_index :: self.accelerator.num_processes]
         return [self.examples[i] for i in mine]
 
+    def _distill_batch(self, step: int) -> list[str]:
+        """This process's `distill_batch_size` distillation texts of `step`: the texts are read in a
+        seeded permutation per pass, continuing across steps, so resuming sees the same texts."""
+        if not self.distill_texts:
+            return []
+        count, world = len(self.distill_texts), self.accelerator.num_processes
+        per_step = self.config.distill_batch_size * world
+        positions = range(step * per_step, (step + 1) * per_step)
+        orders = {}
+        chosen = []
+        for position in positions:
+            epoch, offset = divmod(position, count)
+            if epoch not in orders:
+                generator = torch.Generator().manual_seed(self.config.seed + 1_000_003 + epoch)
+                orders[epoch] = torch.randperm(count, generator=generator).tolist()
+            chosen.append(self.distill_texts[orders[epoch][offset]])
+        return chosen[self.accelerator.process_index :: world]
+
     def _micro_batches(self, indices: list[int]) -> list[list[int]]:
         parts = self.config.gradient_accumulation
         size = math.ceil(len(indices) / parts)
@@ -386,13 +455,14 @@ class PruningRun:
         ramp = min(1.0, self.step / self.ramp_steps) if self.phase == "mask" else 1.0
         sums: dict[str, float] = {}
         micro_batches = self._micro_batches(indices)
-        for micro in micro_batches:
-            batch = make_batch(self.data, micro)
+        distill_texts = self._distill_batch(self.step)
+        for part, micro in enumerate(micro_batches):
+            batch = make_batch(self.data, micro, distill_texts[part :: len(micro_batches)])
             with self.accelerator.accumulate(self.objective):
-                features = self.student.tokenize(batch.texts, self.train_length)
+                groups = [self.student.tokenize(texts, self.train_length) for texts in batch.padding_groups]
                 with torch.no_grad(), self.accelerator.autocast():
-                    teacher_out = self.teacher(features)
-                losses = self.objective(features, batch, teacher_out, ramp)
+                    teacher_outs = [self.teacher(features) for features in groups]
+                losses = self.objective(groups, batch, teacher_outs, ramp)
                 if not torch.isfinite(losses["total"]):
                     raise TrainingError(
                         f"the loss became {float(losses['total'].detach())} at step {self.step}; the run stopped and kept its "
@@ -573,10 +643,9 @@ class PruningRun:
         if self.accelerator.is_main_process:
             vocabulary = None
             if self.config.vocab is not None:
-                from .data import texts_of
                 from .vocab import plan_for_run, trim_embedder
 
-                plan = plan_for_run(student.tokenizer, self.config.vocab, texts_of(self.data))
+                plan = plan_for_run(student.tokenizer, self.config.vocab, texts_of(self.data) + self.distill_texts)
                 student = trim_embedder(student, plan)
                 vocabulary = plan.summary()
             info = pruning_info(

@@ -181,6 +181,73 @@ def test_a_vocab_section_ships_a_trimmed_tokenizer_and_embeddings(tiny_model_dir
     assert report["splits"]["test"]["metrics"]["mean_cosine_to_original"]["pruned"] > 0
 
 
+def test_distill_dataset_texts_join_every_batch_for_distillation_only(tiny_model_dir, tmp_path, monkeypatch):
+    """Passages mixed into STS batches: each text is seen once per pass, none reaches the task loss,
+    and a resumed run draws the same texts an uninterrupted one would."""
+    import prune_engine.trainer as trainer
+
+    passages = [f"passage number {i} about topic {i % 5}" for i in range(12)]
+    (tmp_path / "passages.txt").write_text("\n".join(passages) + "\n")
+    seen: list[tuple[str, list[str], list[str]]] = []
+    real_make_batch = trainer.make_batch
+
+    def recording_make_batch(data, indices, distill_texts=()):
+        batch = real_make_batch(data, indices, distill_texts)
+        seen.append((batch.kind, batch.texts[: batch.task_end], batch.texts[batch.task_end :]))
+        return batch
+
+    monkeypatch.setattr(trainer, "make_batch", recording_make_batch)
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "eval_splits=[]", "max_duration=6ba",
+                         f"distill_dataset={tmp_path / 'passages.txt'}", "distill_batch_size=4")
+    PruningRun(config).run()
+    drawn = [text for _, _, extra in seen for text in extra]
+    assert len(seen) == 6 and all(len(extra) == 4 for _, _, extra in seen)
+    assert sorted(drawn[:12]) == sorted(passages) and sorted(drawn[12:]) == sorted(passages)
+    assert all(kind == "scored_pairs" and not set(task) & set(passages) for kind, task, _ in seen)
+
+    first_run = list(drawn)
+    seen.clear()
+    resumed = tiny_config(tiny_model_dir, tmp_path / "resumed", "eval_splits=[]", "max_duration=6ba",
+                          f"distill_dataset={tmp_path / 'passages.txt'}", "distill_batch_size=4")
+    run = PruningRun(resumed)
+    run._setup()
+    assert [t for step in range(6) for t in run._distill_batch(step)] == first_run
+
+    (tmp_path / "one.txt").write_text("a single line\n")
+    lonely = tiny_config(tiny_model_dir, tmp_path / "lonely", f"distill_dataset={tmp_path / 'one.txt'}")
+    with pytest.raises(TrainingError, match="at least 2 texts"):
+        PruningRun(lonely).run()
+
+
+def test_distillation_texts_are_padded_apart_and_never_reach_the_task_loss(tiny_xlmr_embedder):
+    """Passages mixed into a query-passage batch: tokenised in their own padding group, every loss
+    (BGE-M3's lexical and multi-vector ones included) equals the one-group computation, and the
+    InfoNCE sees only the batch's own passages as negatives."""
+    from prune_engine.data import QueryPassagePairs
+    from prune_engine.trainer import PruningObjective, make_batch
+
+    pairs = QueryPassagePairs(["what is a cat", "how tall is everest"], ["a cat is a small feline", "everest is 8849 m"],
+                              None, "test")
+    extra = ["a long passage about whales, which are marine mammals that breathe air and sing " * 2, "rivers flow"]
+    teacher, student = tiny_xlmr_embedder(seed=0), tiny_xlmr_embedder(seed=1)
+    objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5"]))
+    plain, mixed = make_batch(pairs, [0, 1]), make_batch(pairs, [0, 1], extra)
+    assert (mixed.n, mixed.task_end, mixed.distill_only) == (2, 4, 2)
+    assert mixed.padding_groups == [mixed.texts[:4], extra]
+
+    def losses(batch, groups_of_texts):
+        groups = [student.tokenize(texts, 64) for texts in groups_of_texts]
+        with torch.no_grad():
+            return objective(groups, batch, [teacher(features) for features in groups], 1.0)
+
+    apart, together, alone = losses(mixed, mixed.padding_groups), losses(mixed, [mixed.texts]), losses(plain, [plain.texts])
+    assert set(apart) >= {"distill_cosine", "distill_similarity", "distill_sparse", "distill_colbert", "task"}
+    for name in apart:
+        assert float(apart[name]) == pytest.approx(float(together[name]), rel=1e-5, abs=1e-6), name
+    assert float(apart["task"]) == pytest.approx(float(alone["task"]), abs=1e-6)
+    assert float(apart["distill_cosine"]) != pytest.approx(float(alone["distill_cosine"]), abs=1e-4)
+
+
 def test_target_larger_than_the_model_is_refused(tiny_model_dir, tmp_path):
     from prune_engine.targets import TargetError
 

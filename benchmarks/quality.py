@@ -11,8 +11,13 @@ the measured encoding speedup and wall time. Writes benchmarks/results/quality.j
 markdown table that benchmarks/RESULTS.md holds.
 
     python benchmarks/quality.py     # both targets, 300 steps per trained method, STS-B and SciFact
-    python benchmarks/quality.py --distill-dataset ../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl
-        # the same, every trained method also distilling on MS MARCO passages (results/quality_distill_trec_dl2019_pairs_rel2plus.json)
+    python benchmarks/quality.py --name quality_passages \
+        --set distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.1
+        # every trained method also distils on MS MARCO passages, the task loss at a tenth
+        # (results/quality_passages.json, runs in runs/quality_passages/)
+
+A finished run already in the run directory is reused, not trained again, so an interrupted
+benchmark goes on where it stopped.
 
 The about-70%-removed target keeps exactly a third of the encoder: two of MiniLM's six layers, so
 the layer-drop rows have the same parameter count as the others to the parameter.
@@ -45,7 +50,7 @@ from prune_engine.trainer import PruningRun, make_batch  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs" / "stsb_minilm_half.yaml"
 METHODS = ("l0", "layer_drop", "layer_drop_distilled", "importance", "unpruned")
-TRAINING_DATA: list[str] = []  # overrides every trained method shares (--distill-dataset)
+TRAINING: list[str] = []  # config overrides every trained method shares (--set)
 
 
 def encoder_parameters(embedder) -> int:
@@ -74,8 +79,14 @@ def score(embedder, original, sts_test, scifact, wall_s: float) -> dict:
 
 
 def trained(name: str, out: Path, overrides: list[str]):
+    run_dir = out / name
+    status = run_dir / "status.json"
+    if status.is_file() and json.loads(status.read_text())["state"] == "done":
+        metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
+        print(f"{name}: reusing the finished run in {run_dir}", flush=True)
+        return load_embedder(str(run_dir / "export"), trust_remote_code=True), json.loads(metrics[-1])["elapsed_s"]
     start = time.perf_counter()
-    config = load_config(BASE_CONFIG, [f"output_dir={out / name}", "eval_splits=[]", *TRAINING_DATA, *overrides])
+    config = load_config(BASE_CONFIG, [f"output_dir={run_dir}", "eval_splits=[]", *TRAINING, *overrides])
     result = PruningRun(config, show_progress=True).run()
     return load_embedder(str(result.export_dir), trust_remote_code=True), time.perf_counter() - start
 
@@ -91,17 +102,14 @@ def main() -> None:
     parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 1 / 3], help="share of encoder parameters kept")
     parser.add_argument("--steps", type=int, default=300, help="training steps of every trained method")
     parser.add_argument("--no-scifact", action="store_true", help="skip SciFact (5183 documents per model)")
-    parser.add_argument("--distill-dataset", help="texts every trained method also distils on (distill_dataset); "
-                        "results go to results/quality_distill_<file stem>.json")
-    parser.add_argument("--out", type=Path, help="run directories (default runs/quality[_distill_<file stem>])")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every trained method, e.g. distill_dataset=... loss.task=0.1")
+    parser.add_argument("--name", default="quality", help="results/<name>.json and runs/<name>/")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="measure only these; rows already in results/quality.json are kept")
+                        help="measure only these; rows already in results/<name>.json are kept")
     args = parser.parse_args()
-    suffix = ""
-    if args.distill_dataset:
-        TRAINING_DATA.append(f"distill_dataset={Path(args.distill_dataset).resolve()}")
-        suffix = f"_distill_{Path(args.distill_dataset).stem}"
-    args.out = args.out or ROOT / "runs" / f"quality{suffix}"
+    TRAINING.extend(args.set)
+    args.out = ROOT / "runs" / args.name
     args.out.mkdir(parents=True, exist_ok=True)
     steps = f"{args.steps}ba"
 
@@ -109,19 +117,25 @@ def main() -> None:
     config = original.config
     sts_test = load_eval_data("sts", "test")
     scifact = None if args.no_scifact else load_eval_data("mteb/scifact", "test")
-    results_file = ROOT / "benchmarks" / "results" / f"quality{suffix}.json"
+    results_file = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     results_file.parent.mkdir(exist_ok=True)
-    rows: dict[str, dict] = json.loads(results_file.read_text())["rows"] if results_file.is_file() else {}
     header = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])}
 
+    def saved_rows() -> dict[str, dict]:
+        return json.loads(results_file.read_text())["rows"] if results_file.is_file() else {}
+
     def record(name: str, row: dict) -> None:
-        """Each row is saved as soon as it is measured, so a long benchmark keeps what it finished."""
-        rows[name] = row
-        results_file.write_text(json.dumps({**header, "rows": rows}, indent=2))
+        """Each row is saved as soon as it is measured, so a long benchmark keeps what it finished;
+        the file is re-read first, so invocations for other targets can run beside this one."""
+        rows = {**saved_rows(), name: {**row, "command": header["command"]}}
+        partial = results_file.with_suffix(".json.partial")
+        partial.write_text(json.dumps({"machine": header["machine"], "rows": rows}, indent=2))
+        partial.replace(results_file)
         print(f"{name}: {row}", flush=True)
 
-    record("original", score(original, original, sts_test, scifact, 0.0))
+    if "original" not in saved_rows():
+        record("original", score(original, original, sts_test, scifact, 0.0))
 
     if "unpruned" in args.methods:
         everything = layer_drop_masks(config, list(range(config.num_hidden_layers)))
@@ -158,6 +172,7 @@ def main() -> None:
             model, wall = fixed(f"importance_{tag}", args.out, masks_for_budget(config, importance(), budget), steps)
             record(f"4. gradient importance + distillation ({tag})", score(model, original, sts_test, scifact, wall))
 
+    rows = saved_rows()
     base = rows["original"]
     print("| method | encoder params | STS-B test | retained | SciFact nDCG@10 | retained | speedup | wall |")
     print("|---|---|---|---|---|---|---|---|")

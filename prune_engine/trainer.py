@@ -105,18 +105,19 @@ def merge_outputs(outputs: list[EmbeddingOutput]) -> EmbeddingOutput:
 
 
 def make_batch(data, indices: Sequence[int], distill_texts: Sequence[str] = ()) -> Batch:
-    extra = list(distill_texts)
+    scores = None
     if isinstance(data, ScoredPairs):
-        texts = [data.sentences1[i] for i in indices] + [data.sentences2[i] for i in indices]
-        return Batch("scored_pairs", texts + extra, len(indices), torch.tensor([data.scores[i] for i in indices]), len(extra))
-    if isinstance(data, QueryPassagePairs):
-        texts = [data.queries[i] for i in indices] + [data.passages[i] for i in indices]
+        kind, texts = "scored_pairs", [data.sentences1[i] for i in indices] + [data.sentences2[i] for i in indices]
+        scores = torch.tensor([data.scores[i] for i in indices])
+    elif isinstance(data, QueryPassagePairs):
+        kind, texts = "query_passage", [data.queries[i] for i in indices] + [data.passages[i] for i in indices]
         if data.negatives:
             texts += [data.negatives[i][0] for i in indices if data.negatives[i]]
-        return Batch("query_passage", texts + extra, len(indices), distill_only=len(extra))
-    if isinstance(data, TextCorpus):
-        return Batch("text", [data.texts[i] for i in indices] + extra, len(indices), distill_only=len(extra))
-    raise TypeError(f"cannot train on {type(data).__name__}")
+    elif isinstance(data, TextCorpus):
+        kind, texts = "text", [data.texts[i] for i in indices]
+    else:
+        raise TypeError(f"cannot train on {type(data).__name__}")
+    return Batch(kind, texts + list(distill_texts), len(indices), scores, len(distill_texts))
 
 
 def dataset_size(data) -> int:

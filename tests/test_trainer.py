@@ -186,7 +186,7 @@ def test_distill_dataset_texts_join_every_batch_for_distillation_only(tiny_model
     and a resumed run draws the same texts an uninterrupted one would."""
     import prune_engine.trainer as trainer
 
-    passages = [f"passage number {i} about topic {i % 5}" for i in range(12)]
+    passages = [f"passage number {i} about zebrafish topic {i % 5}" for i in range(12)]
     (tmp_path / "passages.txt").write_text("\n".join(passages) + "\n")
     seen: list[tuple[str, list[str], list[str]]] = []
     real_make_batch = trainer.make_batch
@@ -198,8 +198,11 @@ def test_distill_dataset_texts_join_every_batch_for_distillation_only(tiny_model
 
     monkeypatch.setattr(trainer, "make_batch", recording_make_batch)
     config = tiny_config(tiny_model_dir, tmp_path / "run", "eval_splits=[]", "max_duration=6ba",
-                         f"distill_dataset={tmp_path / 'passages.txt'}", "distill_batch_size=4")
-    PruningRun(config).run()
+                         f"distill_dataset={tmp_path / 'passages.txt'}", "distill_batch_size=4", "vocab={min_freq: 1}")
+    result = PruningRun(config).run()
+    # The trimmed vocabulary counts the passages too: a word only they hold is not unknown.
+    tokenizer = load_embedder(str(result.export_dir), trust_remote_code=True).tokenizer
+    assert tokenizer.unk_token_id not in tokenizer("zebrafish")["input_ids"]
     drawn = [text for _, _, extra in seen for text in extra]
     assert len(seen) == 6 and all(len(extra) == 4 for _, _, extra in seen)
     assert sorted(drawn[:12]) == sorted(passages) and sorted(drawn[12:]) == sorted(passages)

@@ -174,13 +174,14 @@ def main() -> None:
 
     rows = saved_rows()
     base = rows["original"]
-    print("| method | encoder params | STS-B test | retained | SciFact nDCG@10 | retained | speedup | wall |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | encoder params | total params | STS-B test | retained | SciFact nDCG@10 | retained "
+          "| measured speedup | wall |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
         scifact_cells = (f"{row['scifact_ndcg_at_10']:.2f} | {row['scifact_ndcg_at_10'] / base['scifact_ndcg_at_10']:.1%}"
                          if "scifact_ndcg_at_10" in row else "– | –")
-        print(f"| {name} | {row['encoder_parameters']:,} | {row['stsb_test_spearman']:.2f} | "
-              f"{row['stsb_test_spearman'] / base['stsb_test_spearman']:.1%} | {scifact_cells} | "
+        print(f"| {name} | {row['encoder_parameters']:,} | {row['total_parameters']:,} | "
+              f"{row['stsb_test_spearman']:.2f} | {row['stsb_test_spearman'] / base['stsb_test_spearman']:.1%} | {scifact_cells} | "
               f"{row['measured_speedup']:.2f}x | {row['wall_s']:.0f} s |")
 
 

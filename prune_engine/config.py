@@ -71,6 +71,7 @@ class OptimizerConfig:
 class LossConfig:
     distill_cosine: float = 1.0  # student vs teacher embedding of the same text
     distill_similarity: float = 1.0  # in-batch similarity structure
+    distill_tokens: float = 0.0  # last hidden state of every token (1 - cosine); any model
     distill_sparse: float = 0.1  # BGE-M3 lexical weights (only when the model has them)
     distill_colbert: float = 0.1  # BGE-M3 multi-vector (only when the model has them)
     task: float = 1.0  # CoSENT for scored pairs, InfoNCE for query-passage pairs

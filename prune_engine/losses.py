@@ -36,9 +36,16 @@ class DistillationLoss(nn.Module):
         return {"distill_cosine": cosine, "distill_similarity": similarity}
 
 
+def masked_cosine_distance(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, length, dim) twice, (batch, length) mask -> mean of 1 - cosine over the real tokens."""
+    cosine = F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1)
+    return ((1.0 - cosine) * mask).sum() / mask.sum().clamp(min=1)
+
+
 class TokenDistillationLoss(nn.Module):
-    """BGE-M3's token-level outputs: lexical weights (MSE on real tokens) and multi-vectors
-    (1 - cosine per real token), both against the teacher's on the same tokenisation."""
+    """Token-level outputs against the teacher's on the same tokenisation: the last hidden state
+    of every real token (any model; one target per token instead of one per text, so a short
+    budget gets more signal), and BGE-M3's lexical weights (MSE) and multi-vectors (1 - cosine)."""
 
     def forward(
         self,
@@ -47,16 +54,19 @@ class TokenDistillationLoss(nn.Module):
         student_colbert: torch.Tensor | None,
         teacher_colbert: torch.Tensor | None,
         attention_mask: torch.Tensor,
+        student_tokens: torch.Tensor | None = None,
+        teacher_tokens: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         losses = {}
         mask = attention_mask.to(torch.float32)
+        if student_tokens is not None and teacher_tokens is not None:
+            losses["distill_tokens"] = masked_cosine_distance(student_tokens, teacher_tokens, mask)
         if student_sparse is not None and teacher_sparse is not None:
             squared = (student_sparse.float() - teacher_sparse.detach().float()).pow(2) * mask
             losses["distill_sparse"] = squared.sum() / mask.sum().clamp(min=1)
         if student_colbert is not None and teacher_colbert is not None:
-            token_mask = mask[:, 1:]  # ColBERT vectors skip the CLS token
-            cosine = F.cosine_similarity(student_colbert.float(), teacher_colbert.detach().float(), dim=-1)
-            losses["distill_colbert"] = ((1.0 - cosine) * token_mask).sum() / token_mask.sum().clamp(min=1)
+            # ColBERT vectors skip the CLS token.
+            losses["distill_colbert"] = masked_cosine_distance(student_colbert, teacher_colbert, mask[:, 1:])
         return losses
 
 

@@ -178,6 +178,7 @@ class PruningObjective(nn.Module):
             self.token_distill(
                 out.sparse_weights, teacher_out.sparse_weights,
                 out.colbert_vectors, teacher_out.colbert_vectors, out.attention_mask,
+                *((out.token_states, teacher_out.token_states) if self.weights.distill_tokens > 0 else ()),
             )
         )
         if batch.kind == "scored_pairs":
@@ -188,7 +189,7 @@ class PruningObjective(nn.Module):
             losses["task"] = self.infonce(out.dense[: batch.n].float(), out.dense[batch.n : batch.task_end].float())
         weight = {
             "distill_cosine": self.weights.distill_cosine, "distill_similarity": self.weights.distill_similarity,
-            "distill_sparse": self.weights.distill_sparse, "distill_colbert": self.weights.distill_colbert,
+            "distill_tokens": self.weights.distill_tokens, "distill_sparse": self.weights.distill_sparse, "distill_colbert": self.weights.distill_colbert,
             "task": self.weights.task,
         }
         total = sum(weight[name] * value.float() for name, value in losses.items())

@@ -233,7 +233,7 @@ def test_distillation_texts_are_padded_apart_and_never_reach_the_task_loss(tiny_
                               None, "test")
     extra = ["a long passage about whales, which are marine mammals that breathe air and sing " * 2, "rivers flow"]
     teacher, student = tiny_xlmr_embedder(seed=0), tiny_xlmr_embedder(seed=1)
-    objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5"]))
+    objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5", "loss.distill_tokens=1"]))
     plain, mixed = make_batch(pairs, [0, 1]), make_batch(pairs, [0, 1], extra)
     assert (mixed.n, mixed.task_end, mixed.distill_only) == (2, 4, 2)
     assert mixed.padding_groups == [mixed.texts[:4], extra]
@@ -244,7 +244,8 @@ def test_distillation_texts_are_padded_apart_and_never_reach_the_task_loss(tiny_
             return objective(groups, batch, [teacher(features) for features in groups], 1.0)
 
     apart, together, alone = losses(mixed, mixed.padding_groups), losses(mixed, [mixed.texts]), losses(plain, [plain.texts])
-    assert set(apart) >= {"distill_cosine", "distill_similarity", "distill_sparse", "distill_colbert", "task"}
+    assert set(apart) >= {"distill_cosine", "distill_similarity", "distill_tokens", "distill_sparse", "distill_colbert",
+                          "task"}
     for name in apart:
         assert float(apart[name]) == pytest.approx(float(together[name]), rel=1e-5, abs=1e-6), name
     assert float(apart["task"]) == pytest.approx(float(alone["task"]), abs=1e-6)

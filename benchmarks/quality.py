@@ -15,6 +15,10 @@ markdown table that benchmarks/RESULTS.md holds.
         --set distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.1
         # every trained method also distils on MS MARCO passages, the task loss at a tenth
         # (results/quality_passages.json, runs in runs/quality_passages/)
+    python benchmarks/quality.py --name quality_passages_t003 \
+        --set distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.03
+        # the same with the task loss at 0.03: the table RESULTS.md leads with
+    python benchmarks/quality.py --name quality_passages_t003 --table   # print a results file's table
 
 A finished run already in the run directory is reused, not trained again, so an interrupted
 benchmark goes on where it stopped.
@@ -78,6 +82,28 @@ def score(embedder, original, sts_test, scifact, wall_s: float) -> dict:
     return result
 
 
+def row_order(name: str) -> tuple:
+    """original, the unpruned reference, then per target (most kept first) methods 1-4."""
+    if name == "original":
+        return (0,)
+    kept = int(name.rsplit("(keep", 1)[1].rstrip(")")) if "(keep" in name else 101
+    return (1, -kept, name)
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    base = rows["original"]
+    lines = ["| method | encoder params | total params | STS-B test | retained | SciFact nDCG@10 | retained "
+             "| measured speedup | wall |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in sorted(rows, key=row_order):
+        row = rows[name]
+        scifact_cells = (f"{row['scifact_ndcg_at_10']:.2f} | {row['scifact_ndcg_at_10'] / base['scifact_ndcg_at_10']:.1%}"
+                         if "scifact_ndcg_at_10" in row else "– | –")
+        lines.append(f"| {name} | {row['encoder_parameters']:,} | {row['total_parameters']:,} | "
+                     f"{row['stsb_test_spearman']:.2f} | {row['stsb_test_spearman'] / base['stsb_test_spearman']:.1%} | "
+                     f"{scifact_cells} | {row['measured_speedup']:.2f}x | {row['wall_s']:.0f} s |")
+    return "\n".join(lines)
+
+
 def trained(name: str, out: Path, overrides: list[str]):
     run_dir = out / name
     status = run_dir / "status.json"
@@ -107,7 +133,12 @@ def main() -> None:
     parser.add_argument("--name", default="quality", help="results/<name>.json and runs/<name>/")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="measure only these; rows already in results/<name>.json are kept")
+    parser.add_argument("--table", action="store_true", help="print the table of results/<name>.json and stop")
     args = parser.parse_args()
+    results_file = ROOT / "benchmarks" / "results" / f"{args.name}.json"
+    if args.table:
+        print(markdown_table(json.loads(results_file.read_text())["rows"]))
+        return
     TRAINING.extend(args.set)
     args.out = ROOT / "runs" / args.name
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +148,6 @@ def main() -> None:
     config = original.config
     sts_test = load_eval_data("sts", "test")
     scifact = None if args.no_scifact else load_eval_data("mteb/scifact", "test")
-    results_file = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     results_file.parent.mkdir(exist_ok=True)
     header = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])}
@@ -172,18 +202,7 @@ def main() -> None:
             model, wall = fixed(f"importance_{tag}", args.out, masks_for_budget(config, importance(), budget), steps)
             record(f"4. gradient importance + distillation ({tag})", score(model, original, sts_test, scifact, wall))
 
-    rows = saved_rows()
-    base = rows["original"]
-    print("| method | encoder params | total params | STS-B test | retained | SciFact nDCG@10 | retained "
-          "| measured speedup | wall |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, row in rows.items():
-        scifact_cells = (f"{row['scifact_ndcg_at_10']:.2f} | {row['scifact_ndcg_at_10'] / base['scifact_ndcg_at_10']:.1%}"
-                         if "scifact_ndcg_at_10" in row else "– | –")
-        print(f"| {name} | {row['encoder_parameters']:,} | {row['total_parameters']:,} | "
-              f"{row['stsb_test_spearman']:.2f} | {row['stsb_test_spearman'] / base['stsb_test_spearman']:.1%} | {scifact_cells} | "
-              f"{row['measured_speedup']:.2f}x | {row['wall_s']:.0f} s |")
-
+    print(markdown_table(saved_rows()))
 
 if __name__ == "__main__":
     main()

@@ -174,11 +174,13 @@ class PruningObjective(nn.Module):
         out = merge_outputs([self.student(features, gates=gates) for features in groups])
         teacher_out = merge_outputs(teacher_outs)
         losses = self.distill(out.dense, teacher_out.dense)
+        tokens = self.weights.distill_tokens > 0  # an unweighted token loss is neither computed nor logged
         losses.update(
             self.token_distill(
                 out.sparse_weights, teacher_out.sparse_weights,
                 out.colbert_vectors, teacher_out.colbert_vectors, out.attention_mask,
-                *((out.token_states, teacher_out.token_states) if self.weights.distill_tokens > 0 else ()),
+                student_tokens=out.token_states if tokens else None,
+                teacher_tokens=teacher_out.token_states if tokens else None,
             )
         )
         if batch.kind == "scored_pairs":
@@ -187,12 +189,8 @@ class PruningObjective(nn.Module):
             losses["task"] = self.cosent(cosines.float(), batch.scores.to(cosines.device))
         elif batch.kind == "query_passage":
             losses["task"] = self.infonce(out.dense[: batch.n].float(), out.dense[batch.n : batch.task_end].float())
-        weight = {
-            "distill_cosine": self.weights.distill_cosine, "distill_similarity": self.weights.distill_similarity,
-            "distill_tokens": self.weights.distill_tokens, "distill_sparse": self.weights.distill_sparse, "distill_colbert": self.weights.distill_colbert,
-            "task": self.weights.task,
-        }
-        total = sum(weight[name] * value.float() for name, value in losses.items())
+        # Each loss is weighted by the LossConfig field of its name.
+        total = sum(getattr(self.weights, name) * value.float() for name, value in losses.items())
         if self.masks is not None:
             gaps = self.target.gaps(self.masks, ramp)
             losses["lagrangian"] = self.lagrangian(gaps)

@@ -252,6 +252,28 @@ def test_distillation_texts_are_padded_apart_and_never_reach_the_task_loss(tiny_
     assert float(apart["distill_cosine"]) != pytest.approx(float(alone["distill_cosine"]), abs=1e-4)
 
 
+def test_token_distillation_is_weighted_into_the_total_and_off_by_default(tiny_xlmr_embedder):
+    from prune_engine.data import ScoredPairs
+    from prune_engine.trainer import PruningObjective, make_batch
+
+    pairs = ScoredPairs(["a cat sits", "rivers flow"], ["a cat is sitting", "stocks fell"], [1.0, 0.1], "test")
+    teacher, student = tiny_xlmr_embedder(seed=0), tiny_xlmr_embedder(seed=1)
+    batch = make_batch(pairs, [0, 1])
+    features = student.tokenize(batch.texts, 32)
+    with torch.no_grad():
+        teacher_out = teacher(features)
+
+    def losses(*overrides):
+        objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5", *overrides]))
+        with torch.no_grad():
+            return objective([features], batch, [teacher_out], 1.0)
+
+    default, half = losses(), losses("loss.distill_tokens=0.5")
+    assert "distill_tokens" not in default
+    assert float(half["distill_tokens"]) > 0.01
+    assert float(half["total"] - default["total"]) == pytest.approx(0.5 * float(half["distill_tokens"]), rel=1e-4)
+
+
 def test_target_larger_than_the_model_is_refused(tiny_model_dir, tmp_path):
     from prune_engine.targets import TargetError
 

@@ -50,6 +50,7 @@ from .sources import (
     encoder_config_from_hf,
     resolve_model_dir,
 )
+from .trainer import PruningRun, RunDirectoryBusy, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -328,18 +329,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def export_info(directory: Path) -> dict | None:
     """An export's pruning_info.json: where it came from, what it kept, whether it needs remote code."""
     return _read_json(directory / "pruning_info.json")
@@ -477,7 +466,7 @@ def _training_here(path: Path) -> bool:
 def _foreign_live(status: dict) -> bool:
     """A run whose status names another live process (the CLI, a second app) is training there."""
     pid = status.get("pid")
-    return pid != os.getpid() and _pid_alive(pid)
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def _slug(text: str) -> str:
@@ -580,10 +569,10 @@ class RunManager:
 
 def _train(path: Path, config: RunConfig, cancel: threading.Event, resume: bool) -> None:
     """The worker thread: the engine's run, with any failure written to status.json for the pages."""
-    from .trainer import PruningRun
-
     try:
         PruningRun(config, path, cancel=cancel).run(resume=resume)
+    except RunDirectoryBusy:  # its status.json is the other process's, and says what that run is doing
+        log.exception("run %s is busy", path)
     except Exception as error:  # the page shows it; the thread must not die silently
         log.exception("run %s failed", path)
         if (_read_json(path / "status.json") or {}).get("state") != "failed":

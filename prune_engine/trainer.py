@@ -219,6 +219,65 @@ def _weight_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDirectoryBusy(TrainingError):
+    """Another live process is training in this run directory; its files are left alone."""
+
+
+class RunDirectoryLock:
+    """`run.lock` in a run directory, holding its owner's pid, so two processes never train into
+    one directory. It appears complete or not at all (a hard link of a finished file); a lock whose
+    process has died is taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.lock"
+        self.held = False
+
+    def owner(self) -> int | None:
+        try:
+            return int(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def acquire(self) -> None:
+        mine = self.path.with_name(f"run.lock.{os.getpid()}.{threading.get_ident()}")
+        mine.write_text(str(os.getpid()))
+        try:
+            for _ in range(2):
+                try:
+                    os.link(mine, self.path)
+                    self.held = True
+                    return
+                except FileExistsError:
+                    owner = self.owner()
+                    if pid_alive(owner):
+                        raise RunDirectoryBusy(
+                            f"{self.path.parent} is being trained by process {owner}: wait for it or stop it, "
+                            f"or choose another output_dir (if no such run exists, delete {self.path})"
+                        ) from None
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+            raise TrainingError(f"could not take {self.path}: another process keeps creating it")
+        finally:
+            mine.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
 class PruningRun:
     """One run in one directory. `cancel` (a threading.Event) is checked every step."""
 
@@ -520,7 +579,17 @@ class PruningRun:
         self._build_objective(student, None, None)
 
     def run(self, resume: bool = False) -> RunResult:
+        """Trains (or resumes) in `run_dir`, which no other process may be training in."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunDirectoryLock(self.run_dir)
+        if self.accelerator.is_main_process:
+            lock.acquire()  # before anything is written, so a refused run leaves the other's files alone
+        try:
+            return self._run(resume)
+        finally:
+            lock.release()
+
+    def _run(self, resume: bool) -> RunResult:
         self.total_steps = 0
         try:
             self._setup()

@@ -274,6 +274,33 @@ def test_token_distillation_is_weighted_into_the_total_and_off_by_default(tiny_x
     assert float(half["total"] - default["total"]) == pytest.approx(0.5 * float(half["distill_tokens"]), rel=1e-4)
 
 
+def test_a_directory_another_process_trains_in_is_refused_and_left_alone(tiny_model_dir, tmp_path):
+    from prune_engine.trainer import RunDirectoryBusy
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / "run.lock").write_text(str(other.pid))
+        with pytest.raises(RunDirectoryBusy, match=f"being trained by process {other.pid}"):
+            PruningRun(tiny_config(tiny_model_dir, run_dir)).run()
+        assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]  # no status.json, nothing written
+        assert (run_dir / "run.lock").read_text() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_and_released(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run_dir / "run.lock").write_text(finished.stdout.strip())
+    result = PruningRun(tiny_config(tiny_model_dir, run_dir)).run()
+    assert result.export_dir is not None and not (run_dir / "run.lock").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith("run.lock")]
+
+
 def test_target_larger_than_the_model_is_refused(tiny_model_dir, tmp_path):
     from prune_engine.targets import TargetError
 

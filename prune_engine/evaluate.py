@@ -7,6 +7,8 @@ of original-model documents. The figures are MTEB's (see metrics.py); `--mteb` r
 through the `mteb` package itself (mteb_adapter.py).
 
 Each model encodes each split once; every figure, the mixed ones included, comes from those vectors.
+The `eval` command keeps the original's encodings in a disk cache (encoding_cache.py), so a second
+candidate pruned from the same original costs only its own encodes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from . import metrics
 from .data import DataError, RetrievalTask, ScoredPairs, load_eval_data
 from .embedder import Embedder
+from .encoding_cache import CACHE_ENV, EncodingCache
 
 REPORTED_RETRIEVAL = ("ndcg_at_10", "mrr_at_10", "recall_at_100")
 MIXED_PREFIX = "pruned_queries_original_index/"
@@ -57,8 +60,9 @@ def encode(embedder: Embedder, texts: list[str], batch_size: int = 64, show_prog
 
 
 def encode_data(embedder: Embedder, data: ScoredPairs | RetrievalTask, batch_size: int = 64,
-                show_progress: bool = False, label: str = "") -> dict[str, Encoded]:
-    """The parts of a data set a model encodes: both sides of STS pairs, or queries and documents."""
+                show_progress: bool = False, label: str = "", cache: EncodingCache | None = None) -> dict[str, Encoded]:
+    """The parts of a data set a model encodes: both sides of STS pairs, or queries and documents.
+    With a `cache` (of this very model), encodings it holds for these texts are read, not computed."""
     prefix = f"{label}: " if label else ""
     if isinstance(data, ScoredPairs):
         parts, all_outputs = {"sentences 1": data.sentences1, "sentences 2": data.sentences2}, False
@@ -66,8 +70,14 @@ def encode_data(embedder: Embedder, data: ScoredPairs | RetrievalTask, batch_siz
         parts, all_outputs = {"queries": list(data.queries.values()), "documents": list(data.corpus.values())}, True
     else:
         raise TypeError(f"cannot evaluate on {type(data).__name__}")
-    return {part: encode(embedder, texts, batch_size, show_progress, prefix + part, all_outputs)
-            for part, texts in parts.items()}
+    cached = cache.get(parts) if cache else None
+    if cached is not None:
+        if show_progress:
+            print(f"{prefix}encodings read from the cache {cache.path_for(parts)}", file=sys.stderr)
+        return cached
+    encoded = {part: encode(embedder, texts, batch_size, show_progress, prefix + part, all_outputs)
+               for part, texts in parts.items()}
+    return cache.put(parts, encoded) if cache else encoded
 
 
 def _ranked_figures(task: RetrievalTask, ranked: metrics.Ranking) -> dict[str, float]:
@@ -149,12 +159,12 @@ def comparison_rows(before: Mapping[str, float], after: Mapping[str, float]) -> 
 
 
 def compare(original: Embedder, pruned: Embedder, dataset: str, splits=("test",), batch_size: int = 64,
-            show_progress: bool = False) -> dict:
+            show_progress: bool = False, original_cache: EncodingCache | None = None) -> dict:
     """Each figure for the original and the pruned model, with the fraction retained."""
     report = {"dataset": dataset, "splits": {}}
     for split in splits:
         data = load_eval_data(dataset, split)
-        before = encode_data(original, data, batch_size, show_progress, "original")
+        before = encode_data(original, data, batch_size, show_progress, "original", original_cache)
         after = encode_data(pruned, data, batch_size, show_progress, "pruned")
         rows = comparison_rows(figures(data, before), figures(data, after))
         rows.update({name: {"pruned": value} for name, value in compatibility_figures(data, before, after).items()})
@@ -228,7 +238,7 @@ def _mteb_report(task, source: str, model: Embedder, original: Embedder | None, 
 
 def _eval_command(args: argparse.Namespace) -> int:
     from .cli import run_dir_or_model
-    from .sources import load_embedder
+    from .sources import load_embedder, resolve_model_dir
 
     if not (args.dataset or args.mteb):
         raise DataError("eval needs --dataset, --mteb TASK, or both (an MTEB task on local data)")
@@ -242,7 +252,8 @@ def _eval_command(args: argparse.Namespace) -> int:
     if mteb_task is not None:
         report = _mteb_report(*mteb_task, model, original, args.batch_size)
     elif original is not None:
-        report = compare(original, model, args.dataset, splits, args.batch_size, show_progress=True)
+        cache = None if args.no_cache else EncodingCache(resolve_model_dir(original_source), original)
+        report = compare(original, model, args.dataset, splits, args.batch_size, show_progress=True, original_cache=cache)
     else:
         report = score_report(model, args.dataset, splits, args.batch_size, show_progress=True)
     report.update(model=source, original=original_source,
@@ -282,6 +293,9 @@ def add_eval_command(commands) -> None:
                         help="tokens per text (default: the model's declared max_seq_length, as MTEB and "
                              "sentence-transformers use it)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    parser.add_argument("--no-cache", dest="no_cache", action="store_true",
+                        help=f"encode the original again rather than reading its encodings of the same texts from "
+                             f"${CACHE_ENV}/encodings (default ~/.cache/prune_engine/encodings)")
     parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true",
                         help="allow a hub model's own tokenizer code")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",

@@ -38,6 +38,7 @@ from .accounting import (
 from .config import RunConfig, TargetParams, VocabConfig, apply_override, build_dataclass, load_config
 from .data import KNOWN_DATASETS, load_eval_data, load_training_data, texts_of
 from .embedder import Embedder
+from .encoding_cache import EncodingCache
 from .evaluate import compare
 from .l0 import StructureMasks
 from .modeling_prunable_encoder import PrunableEncoderConfig
@@ -647,8 +648,12 @@ def measure_speedup(original: Embedder, pruned: Embedder, texts: list[str], batc
 
 def evaluate_run(record: RunRecord, original: Embedder, pruned: Embedder, dataset: str,
                  splits: tuple[str, ...] = ("test",), batch_size: int = 32) -> dict:
-    """The evaluator's comparison plus a measured speedup on the same data; kept in the run dir."""
-    report = compare(original, pruned, dataset, splits, batch_size)
+    """The evaluator's comparison plus a measured speedup on the same data; kept in the run dir.
+    `original` is the run's model as loaded from its source: its encodings are cached on disk, so
+    evaluating a second run pruned from it on the same data encodes only the pruned model."""
+    config = record.config()
+    cache = EncodingCache(resolve_model_dir(config.model), original) if config is not None else None
+    report = compare(original, pruned, dataset, splits, batch_size, original_cache=cache)
     texts = texts_of(load_eval_data(dataset, splits[0]))[:SPEED_TEXTS]
     result = {"dataset": dataset, "report": report, "speed": measure_speedup(original, pruned, texts, batch_size),
               "created": time.time()}

@@ -27,6 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PRUNE_ENGINE_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_encoding_cache(tmp_path_factory):
+    """The eval command's encoding cache in a fresh folder, never the user's ~/.cache."""
+    from prune_engine.encoding_cache import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("prune_engine_cache"))
+    yield
+
+
 def pytest_configure(config):
     # torch warns when nn.Linear initialises a layer with no head or no neuron: expected here.
     config.addinivalue_line("filterwarnings", "ignore:Initializing zero-element tensors is a no-op:UserWarning")

@@ -192,3 +192,30 @@ def test_eval_command_on_an_export_with_a_max_length(run_dir, sts_subset_file, c
 def test_eval_command_needs_data(capsys):
     assert cli.main(["eval", "minilm"]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+def test_eval_command_reads_the_originals_encodings_from_its_cache(run_dir, sts_subset_file, monkeypatch, tmp_path, capsys):
+    import prune_engine.evaluate as evaluate_module
+    from prune_engine.encoding_cache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    encode_calls = []
+    real_encode = evaluate_module.encode
+    monkeypatch.setattr(evaluate_module, "encode", lambda model, texts, *rest: encode_calls.append(rest[2]) or real_encode(model, texts, *rest))
+
+    def report(*options) -> dict:
+        encode_calls.clear()
+        code, out = run_eval(run_dir, "--dataset", sts_subset_file, "--json", *options, capsys=capsys)
+        assert code == 0
+        return json.loads(out)
+
+    first = report()
+    assert encode_calls == ["original: sentences 1", "original: sentences 2", "pruned: sentences 1", "pruned: sentences 2"]
+    assert len(list((tmp_path / "cache" / "encodings").glob("*.pkl"))) == 1
+    second = report()
+    assert encode_calls == ["pruned: sentences 1", "pruned: sentences 2"]
+    assert second["splits"] == first["splits"]
+    assert report("--no-cache")["splits"] == first["splits"] and len(encode_calls) == 4
+    # Another length changes the vectors, so it is a miss (and a second entry), not a stale hit.
+    report("--max-length", 16)
+    assert len(encode_calls) == 4 and len(list((tmp_path / "cache" / "encodings").glob("*.pkl"))) == 2

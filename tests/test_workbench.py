@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 from prune_engine import run_manager as rm
 from prune_engine.accounting import Structure, ffn_parameters_per_neuron, size_report
 from prune_engine.config import load_config
+from prune_engine.encoding_cache import default_cache_root
 from prune_engine.presets import ORIGINAL_PRESETS, bge_m3_config
 from workbench import ui
 
@@ -259,12 +260,15 @@ def test_demo_run_from_the_train_page_to_export_evaluation_and_similarity(worksp
     at.button(key="evaluate.run").click().run()
     assert any("unknown dataset 'no-such-data'" in e for e in errors(at))
     at.text_input[0].set_value("demo")
+    cached = lambda: set(default_cache_root().glob("encodings/*.pkl"))  # noqa: E731
+    before = cached()
     at.button(key="evaluate.run").click().run()
     assert errors(at) == []
     assert metric(at, "Measured speedup").endswith("x")
     rows = at.dataframe[0].value
     assert "spearman" in rows["metric"].tolist()
     assert record.evaluation()["speed"]["texts"] > 0
+    assert len(cached() - before) == 1  # the original's encodings, for the next run evaluated on this data
 
     at.switch_page("pages/similarity.py").run()
     assert errors(at) == []

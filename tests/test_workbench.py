@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from prune_engine import run_manager as rm
 from prune_engine.accounting import Structure, ffn_parameters_per_neuron, size_report
 from prune_engine.config import load_config
-from prune_engine.encoding_cache import default_cache_root
+from prune_engine.encoding_cache import CACHE_ENV
 from prune_engine.presets import ORIGINAL_PRESETS, bge_m3_config
 from workbench import ui
 
@@ -209,7 +209,7 @@ def wait_until_finished(at: AppTest, seconds: float = 180) -> None:
 
 
 @pytest.mark.slow
-def test_demo_run_from_the_train_page_to_export_evaluation_and_similarity(workspace):
+def test_demo_run_from_the_train_page_to_export_evaluation_and_similarity(workspace, monkeypatch, tmp_path):
     at = open_app()
     configure_tiny_run(at)
     at.switch_page("pages/train.py").run()
@@ -260,15 +260,15 @@ def test_demo_run_from_the_train_page_to_export_evaluation_and_similarity(worksp
     at.button(key="evaluate.run").click().run()
     assert any("unknown dataset 'no-such-data'" in e for e in errors(at))
     at.text_input[0].set_value("demo")
-    cached = lambda: set(default_cache_root().glob("encodings/*.pkl"))  # noqa: E731
-    before = cached()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # empty, whatever other tests cached
     at.button(key="evaluate.run").click().run()
     assert errors(at) == []
     assert metric(at, "Measured speedup").endswith("x")
     rows = at.dataframe[0].value
     assert "spearman" in rows["metric"].tolist()
     assert record.evaluation()["speed"]["texts"] > 0
-    assert len(cached() - before) == 1  # the original's encodings, for the next run evaluated on this data
+    # The original's encodings of the demo data, for the next run evaluated on it.
+    assert len(list((tmp_path / "cache" / "encodings").glob("*.pkl"))) == 1
 
     at.switch_page("pages/similarity.py").run()
     assert errors(at) == []

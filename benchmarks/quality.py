@@ -18,6 +18,10 @@ markdown table that benchmarks/RESULTS.md holds.
     python benchmarks/quality.py --name quality_passages_t003 \
         --set distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.03
         # the same with the task loss at 0.03: the table RESULTS.md leads with
+    python benchmarks/quality.py --name quality_tokens_width --methods l0 --set \
+        distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.03 \
+        loss.distill_tokens=1 "structures=[heads,ffn]"
+        # L0 pruning heads and neurons only, with token distillation (add --steps 1000 for the longer budget)
     python benchmarks/quality.py --name quality_passages_t003 --table   # print a results file's table
 
 A finished run already in the run directory is reused, not trained again, so an interrupted

@@ -22,6 +22,10 @@ markdown table that benchmarks/RESULTS.md holds.
         distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.03 \
         loss.distill_tokens=1 "structures=[heads,ffn]"
         # L0 pruning heads and neurons only, with token distillation (add --steps 1000 for the longer budget)
+    python benchmarks/quality.py --name quality_corpus --methods l0 layer_drop_distilled importance --set \
+        distill_dataset=../shared/data/scifact/corpus.jsonl loss.task=0.03 loss.distill_tokens=1 \
+        "structures=[heads,ffn]" max_length=256
+        # distilling on the documents served (SciFact's abstracts, no labels): the current figures
     python benchmarks/quality.py --name quality_passages_t003 --table   # print a results file's table
 
 A finished run already in the run directory is reused, not trained again, so an interrupted

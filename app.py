@@ -2,7 +2,7 @@
 
 This file is the entry point (page set-up and navigation, run for every page) and the Configure
 page. The other pages live in pages/; what they share is in workbench/, and everything that is
-not UI in prune_engine.run_manager.
+not UI in workbench/ (its engine side) and prune_engine/.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from prune_engine import run_manager as rm
 from prune_engine.config import PRECISIONS, RunConfig
 from prune_engine.data import STS_LANGUAGES
 from prune_engine.presets import bge_m3_config
 from prune_engine.sources import BGE_M3_HUB_ID, MINILM_ALIAS
-from workbench import ui
+from workbench import models, settings, ui
 
 MODELS = {
     "BGE-M3 (hub or local cache)": BGE_M3_HUB_ID,
@@ -39,28 +38,19 @@ CONFIG_KEY, NAME_KEY = ui.CONFIG_KEY, ui.NAME_KEY
 
 @st.cache_resource(show_spinner=False)
 def _default_model() -> str:
-    return rm.default_model_source()
-
-
-@st.cache_resource(show_spinner="Reading the model's configuration...", ttl=300)
-def _shape(source: str) -> tuple[rm.ModelShape | None, str]:
-    """(shape, error): a failure is cached too, so an unreachable hub is not retried on every rerun."""
-    try:
-        return rm.model_shape(source), ""
-    except ui.ENGINE_ERRORS as error:
-        return None, str(error)
+    return models.default_model_source()
 
 
 @st.cache_data(show_spinner="Checking the data...", max_entries=32)
 def _check_data(dataset: str, modified: float) -> str:
-    return rm.check_dataset(dataset)
+    return settings.check_dataset(dataset)
 
 
-def _reset_for_model(source: str, shape: rm.ModelShape) -> None:
+def _reset_for_model(source: str, shape: models.ModelShape) -> None:
     """A new model brings its own slider ranges and training defaults (set before the widgets exist)."""
     if st.session_state.get(K + "for_model") == source:
         return
-    base = rm.default_config(source)
+    base = settings.default_config(source)
     model = shape.config
     target = base.target_params
     st.session_state.update({
@@ -91,7 +81,7 @@ def _setting(name: str) -> dict:
     return {"key": K + name, "persist_state": "session"}
 
 
-def _ffn_step(shape: rm.ModelShape) -> int:
+def _ffn_step(shape: models.ModelShape) -> int:
     return max(1, max(shape.config.intermediate_sizes) // 32)
 
 
@@ -121,14 +111,16 @@ def _choose_data() -> str:
     return kind
 
 
-def _target_inputs(shape: rm.ModelShape) -> dict:
+def _target_inputs(shape: models.ModelShape) -> dict:
     model = shape.config
     kind = st.radio("Target", TARGETS, **_setting("target_kind"), horizontal=True)
     if kind == TARGETS[0]:
         layers = st.slider("Layers", 1, model.num_hidden_layers, **_setting("n_layers"))
         heads = st.slider("Heads per layer", 1, max(model.heads_per_layer), **_setting("n_heads"))
         ffn = st.slider("FFN size", 0, max(model.intermediate_sizes), step=_ffn_step(shape), **_setting("ffn"))
-        return {"target_model": {"n_layers": layers, "n_heads": heads, "intermediate_size": ffn}}
+        # A uniform architecture with fewer layers drops whole layers.
+        return {"target_model": {"n_layers": layers, "n_heads": heads, "intermediate_size": ffn},
+                "structures": ["layers", "heads", "ffn"]}
     percent = st.slider("Keep this share of the parameters (%)", 5, 100, **_setting("budget_percent"))
     scope = st.radio("of the", ("encoder", "total"), **_setting("budget_of"), horizontal=True,
                      help="encoder: the transformer layers only; total: with the embeddings and output heads")
@@ -162,7 +154,7 @@ def _apply_preset(preset: dict) -> None:
 
 @st.cache_resource(show_spinner="Counting the tokens the data uses...", max_entries=8, ttl=300)
 def _vocabulary_plan(model: str, dataset: str, trust_remote_code: bool):
-    return rm.vocabulary_plan(model, dataset, trust_remote_code)
+    return settings.vocabulary_plan(model, dataset, trust_remote_code)
 
 
 def _size_inputs() -> tuple[int, bool]:
@@ -173,7 +165,7 @@ def _size_inputs() -> tuple[int, bool]:
     return length, trim
 
 
-def _size_panel(config: RunConfig, shape: rm.ModelShape, length: int) -> None:
+def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> None:
     """Parameters and FLOPs before and after, computed by the accounting for the chosen target."""
     vocab_size = None
     if config.vocab is not None:
@@ -181,7 +173,7 @@ def _size_panel(config: RunConfig, shape: rm.ModelShape, length: int) -> None:
         vocab_size = plan.vocab_size
         st.caption(f"The vocabulary keeps {plan.vocab_size:,} of {plan.original_vocab_size:,} tokens, "
                    f"covering {plan.coverage:.1%} of the training data's tokens.")
-    report, exact = rm.planned_size(config, shape, length, vocab_size)
+    report, exact = settings.planned_size(config, shape, length, vocab_size)
     before, after = report.before, report.after
     columns = st.columns(3)
     columns[0].metric("Total parameters after", f"{after.total:,}", f"{-report.total_reduction:+.1%}",
@@ -201,9 +193,9 @@ def _size_panel(config: RunConfig, shape: rm.ModelShape, length: int) -> None:
                    f"({report.structure.describe()}).")
 
 
-def _validated_config(values: dict, overrides: str, shape: rm.ModelShape) -> RunConfig:
-    config = rm.build_run_config(values, overrides)
-    rm.check_target(config, shape)
+def _validated_config(values: dict, overrides: str, shape: models.ModelShape) -> RunConfig:
+    config = settings.build_run_config(values, overrides)
+    settings.size_target(config, shape)
     return config
 
 
@@ -211,9 +203,9 @@ def _dimensions(config) -> tuple[int, int, int]:
     return config.num_hidden_layers, max(config.heads_per_layer), max(config.intermediate_sizes)
 
 
-def _presets(shape: rm.ModelShape, length: int) -> None:
+def _presets(shape: models.ModelShape, length: int) -> None:
     applicable = _dimensions(shape.config) == _dimensions(bge_m3_config())  # then the presets can be applied
-    reports = rm.preset_reports(length)
+    reports = settings.preset_reports(length)
     rows = []
     for name, preset, report in reports:
         rows.append({
@@ -240,7 +232,7 @@ def configure() -> None:
     if not source:
         st.info("Type a hub id (such as BAAI/bge-m3) or the path of a local model directory.")
         return
-    shape, problem = _shape(source)
+    shape, problem = ui.shape(source)
     if shape is None:
         st.error(f"Model: {problem}")
         return
@@ -289,7 +281,7 @@ def configure() -> None:
     if config is not None and data_ok:
         st.session_state[CONFIG_KEY] = config
         st.session_state[NAME_KEY] = name
-        st.success(f"Ready: {config.model} on {config.dataset}, {rm.describe_duration(config)}.")
+        st.success(f"Ready: {config.model} on {config.dataset}, {settings.describe_duration(config)}.")
         st.page_link("pages/train.py", label="Train this configuration", icon=":material/play_arrow:")
     else:
         st.warning("Fix the problems above to train this configuration.")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from prune_engine import run_manager as rm
-from workbench import ui
+from workbench import compare, ui
 
 st.title("Evaluate")
 record = ui.pick_run("Run", finished_only=True)
@@ -29,7 +28,7 @@ if st.button("Evaluate", type="primary", disabled=not splits or not dataset.stri
     with ui.guard("Evaluation"), st.spinner("Encoding the data with both models..."):
         original = ui.embedder(config.model, config.trust_remote_code)
         pruned = ui.embedder(str(record.export_dir), config.trust_remote_code)
-        rm.evaluate_run(record, original, pruned, dataset.strip(), tuple(splits), int(batch_size))
+        compare.evaluate_run(record, original, pruned, dataset.strip(), tuple(splits), int(batch_size))
 
 result = record.evaluation()
 if result is None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from prune_engine import run_manager as rm
+from prune_engine.atomic import read_json
 from prune_engine.export import export_embedder
-from workbench import ui
+from workbench import exporting, ui
 
 EXPORTED_KEY = "export.written"
 
@@ -32,7 +32,7 @@ destination_text = st.text_input(
 overwrite = st.checkbox("Replace the directory if it already exists", value=False)
 if st.button("Export", type="primary", key="export.run", icon=":material/save:"):
     with ui.guard("Export"), st.spinner("Writing the model..."):
-        destination = rm.resolve_destination(destination_text, workspace)
+        destination = exporting.resolve_destination(destination_text, workspace)
         pruned = ui.embedder(str(record.export_dir), bool(config and config.trust_remote_code))
         extra = {k: v for k, v in info.items() if k != "needs_trust_remote_code"}  # export_embedder sets it
         st.session_state[EXPORTED_KEY] = str(export_embedder(pruned, destination, extra, overwrite=overwrite))
@@ -40,11 +40,11 @@ if st.button("Export", type="primary", key="export.run", icon=":material/save:")
 written = Path(st.session_state.get(EXPORTED_KEY, ""))
 if written.name and (written / "config.json").is_file():
     st.success(f"Written to `{written}`")
-    listing = pd.DataFrame(rm.directory_listing(written))
+    listing = pd.DataFrame(exporting.directory_listing(written))
     listing["size"] = listing["bytes"].map(lambda n: f"{ui.human(n)}B")
     st.dataframe(listing, width="stretch", hide_index=True)
-    remote_code = bool((rm.export_info(written) or {}).get("needs_trust_remote_code"))
+    remote_code = bool((read_json(written / "pruning_info.json") or {}).get("needs_trust_remote_code"))
     st.markdown("Load it with:")
-    st.code(rm.loading_snippet(written, remote_code), language="python")
-    st.download_button("Download as zip", data=lambda: rm.zip_directory(written), file_name=f"{written.name}.zip",
+    st.code(exporting.loading_snippet(written, remote_code), language="python")
+    st.download_button("Download as zip", data=lambda: exporting.zip_directory(written), file_name=f"{written.name}.zip",
                        mime="application/zip", icon=":material/folder_zip:", on_click="ignore")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from prune_engine import run_manager as rm
-from workbench import charts, ui
+from workbench import charts, compare, ui
 
 SENTENCES = (
     "A man is playing a guitar.\nSomeone plays an instrument on stage.\nA woman is slicing an onion.\n"
@@ -43,7 +42,7 @@ if not models:
 
 labels = [f"{i + 1}. {text if len(text) <= 28 else text[:27] + '…'}" for i, text in enumerate(texts)]
 if query is None:
-    matrices = {name: rm.similarity_matrix(model, texts) for name, model in models.items()}
+    matrices = {name: compare.similarity_matrix(model, texts) for name, model in models.items()}
     for column, (name, matrix) in zip(st.columns(2), matrices.items(), strict=True):
         column.plotly_chart(charts.similarity_figure(matrix, labels, f"{name} ({len(texts)} sentences)"), width="stretch")
     difference = abs(matrices["Original"] - matrices["Pruned"]).max()
@@ -52,7 +51,7 @@ if query is None:
     ranking = {name: sorted(((f"{labels[i]} / {labels[j]}", float(m[i, j])) for i, j in pairs), key=lambda r: -r[1])
                for name, m in matrices.items()}
 else:
-    ranking = {name: [(labels[i], score) for i, score in rm.rank_passages(model, query, texts)]
+    ranking = {name: [(labels[i], score) for i, score in compare.rank_passages(model, query, texts)]
                for name, model in models.items()}
     agree = sum(a[0] == b[0] for a, b in zip(*ranking.values(), strict=True))
     st.metric("Ranks on which the two models agree", f"{agree} of {len(texts)}")

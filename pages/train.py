@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from prune_engine import run_manager as rm
-from workbench import ui
+from workbench import models, runs, settings, ui
 
 manager = ui.manager()
 st.title("Train")
@@ -19,7 +18,7 @@ configured_here = ui.CONFIG_KEY in st.session_state
 if configured_here:
     configured = st.session_state[ui.CONFIG_KEY]
 else:  # this session has not opened Configure: its defaults
-    configured = rm.default_config(rm.default_model_source())
+    configured = settings.default_config(models.default_model_source())
 active = manager.active()
 
 left, right = st.columns([3, 1], vertical_alignment="center")
@@ -27,10 +26,10 @@ if configured is None:
     left.warning("The Configure page reports a problem; fix it there to start a run.")
 else:
     left.markdown(f"**Next run{'' if configured_here else ' (the defaults)'}:** `{configured.model}` on "
-                  f"`{configured.dataset}`, {rm.describe_target(configured)}, {rm.describe_duration(configured)}, "
+                  f"`{configured.dataset}`, {ui.describe_target(configured)}, {settings.describe_duration(configured)}, "
                   f"batch {configured.batch_size}. Change it on the Configure page.")
 if active is not None:
-    left.info(f"One run at a time on this device ({rm.device_name()}): **{active.name}** is training. "
+    left.info(f"One run at a time on this device ({runs.device_name()}): **{active.name}** is training. "
               "Stop it to start another.")
 if right.button("Start", type="primary", disabled=configured is None or active is not None, key="train.start",
                 icon=":material/play_arrow:"):

@@ -10,6 +10,7 @@ be overridden as `dotted.key=value`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -19,25 +20,57 @@ from typing import Any
 
 import yaml
 
-from .data import STS_LANGUAGES
+from .data import SPLITS, STS_LANGUAGES
 from .l0 import STRUCTURES
-from .targets import ArchitectureTarget, ParameterBudget
+from .targets import ArchitectureTarget, FixedStructure, ParameterBudget
 
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ba|ep)\s*$")
+# Keys of earlier versions, and what replaced them.
+RENAMED_KEYS = {"distill_dataset": "documents", "distill_batch_size": "documents_per_batch"}
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and the valid choices."""
 
 
+def _range(low: float | None = None, high: float | None = None, low_open: bool = False) -> dict:
+    """Field metadata: the valid range of a number, checked (with finiteness) where the config is built."""
+    return {"range": (low, high, low_open)}
+
+
+POSITIVE = _range(0.0, low_open=True)
+NON_NEGATIVE = _range(0.0)
+SHARE = _range(0.0, 1.0)
+AT_LEAST_ONE = _range(1)
+AT_LEAST_TWO = _range(2)
+
+
+def _check_ranges(obj, prefix: str = "") -> None:
+    """Every numeric field with a `range` in its metadata, in this dataclass and the nested ones."""
+    for spec in dataclasses.fields(obj):
+        value = getattr(obj, spec.name)
+        key = prefix + spec.name
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, key + ".")
+            continue
+        if "range" not in spec.metadata or value is None:
+            continue
+        low, high, low_open = spec.metadata["range"]
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            bounds = ("(" if low_open else "[") + f"{low if low is not None else '-inf'}, " \
+                f"{high if high is not None else 'inf'}" + ("]" if high is not None else ")")
+            raise ConfigError(f"{key} must be in {bounds}, got {value}")
+
+
 @dataclass
 class TargetModel:
     """A uniform target architecture, as in the original design."""
 
-    n_layers: int
-    n_heads: int
-    intermediate_size: int
+    n_layers: int = field(metadata=AT_LEAST_ONE)
+    n_heads: int = field(metadata=AT_LEAST_ONE)
+    intermediate_size: int = field(metadata=AT_LEAST_ONE)
 
 
 @dataclass
@@ -55,28 +88,34 @@ class TargetParams:
             raise ConfigError(f"target_params.of must be 'encoder' or 'total', got {self.of!r}")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"target_params.fraction must be in (0, 1], got {self.fraction}")
+        if self.count is not None and self.count < 1:
+            raise ConfigError(f"target_params.count must be at least 1, got {self.count}")
 
 
 @dataclass
 class OptimizerConfig:
-    lr: float = 2.0e-5  # encoder weights
-    gate_lr: float = 0.1  # L0 gate logits (Adam): gates decide within a few hundred steps without saturating
-    lagrangian_lr: float = 0.5  # multipliers, by gradient ascent
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    max_grad_norm: float = 1.0
+    lr: float = field(default=2.0e-5, metadata=POSITIVE)  # encoder weights
+    # L0 gate logits (Adam): gates decide within a few hundred steps without saturating
+    gate_lr: float = field(default=0.1, metadata=POSITIVE)
+    lagrangian_lr: float = field(default=0.5, metadata=POSITIVE)  # multipliers, by gradient ascent
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    warmup_fraction: float = field(default=0.1, metadata=SHARE)
+    max_grad_norm: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0: no clipping
 
 
 @dataclass
 class LossConfig:
-    distill_cosine: float = 1.0  # student vs teacher embedding of the same text
-    distill_similarity: float = 1.0  # in-batch similarity structure
-    distill_tokens: float = 0.0  # last hidden state of every token (1 - cosine); any model
-    distill_sparse: float = 0.1  # BGE-M3 lexical weights (only when the model has them)
-    distill_colbert: float = 0.1  # BGE-M3 multi-vector (only when the model has them)
-    task: float = 1.0  # CoSENT for scored pairs, InfoNCE for query-passage pairs
-    temperature: float = 0.05  # InfoNCE; BGE uses 0.02
-    cosent_scale: float = 20.0
+    """Loss weights. The default recipe is distillation first: it keeps the pruned model's vectors
+    usable against the original's index; the task loss only sharpens the task data's own task."""
+
+    distill_cosine: float = field(default=1.0, metadata=NON_NEGATIVE)  # student vs teacher vector of a text
+    distill_similarity: float = field(default=1.0, metadata=NON_NEGATIVE)  # in-batch similarity structure
+    distill_tokens: float = field(default=1.0, metadata=NON_NEGATIVE)  # every token's last hidden state
+    distill_sparse: float = field(default=0.1, metadata=NON_NEGATIVE)  # BGE-M3 lexical weights
+    distill_colbert: float = field(default=0.1, metadata=NON_NEGATIVE)  # BGE-M3 multi-vector
+    task: float = field(default=0.03, metadata=NON_NEGATIVE)  # CoSENT (scored pairs), InfoNCE (query-passage)
+    temperature: float = field(default=0.05, metadata=POSITIVE)  # InfoNCE; BGE uses 0.02
+    cosent_scale: float = field(default=20.0, metadata=POSITIVE)
 
 
 @dataclass
@@ -105,36 +144,45 @@ class VocabConfig:
 
 @dataclass
 class RunConfig:
+    """The default recipe is the one that measured best for retrieval against an existing index
+    (benchmarks/RESULTS.md): distil on the documents the model serves, distillation first (the
+    task loss at 0.03, token-level distillation on), prune heads and neurons only, half the run
+    learning masks."""
+
     model: str = "minilm"
-    dataset: str = "sts"
+    # The texts the model will serve (a file, BEIR folder or data set, or a list of them;
+    # documents.py): distilled on, with a held-out share measuring what was kept. Without them
+    # retrieval on the user's data is not protected.
+    documents: str | list[str] | None = None
+    documents_per_batch: int = field(default=16, metadata=AT_LEAST_ONE)
+    documents_held_out: float = field(default=0.05, metadata=_range(0.0, 0.5, low_open=True))
+    dataset: str | None = "sts"  # optional task data: scored pairs, query-passage pairs or text
     eval_dataset: str | None = None  # defaults to the training dataset
-    # Unlabelled texts (a file or data set of any kind) appended to every batch for distillation
-    # only: the student then keeps the teacher's geometry beyond the task data, e.g. on passages
-    # when the task data is short STS sentences but the model also serves retrieval.
-    distill_dataset: str | None = None
-    distill_batch_size: int = 16  # texts of distill_dataset per batch
-    eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])  # [] skips the final report
+    eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])  # [] skips those figures
     target_model: TargetModel | None = None
     target_params: TargetParams | None = None
-    structures: list[str] = field(default_factory=lambda: list(STRUCTURES))
+    structures: list[str] = field(default_factory=lambda: ["heads", "ffn"])
     fixed_masks: str | None = None  # a final_masks.json: skip learning masks, prune to it and fine-tune
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    batch_size: int = 16
-    max_length: int = 512
+    batch_size: int = field(default=16, metadata=AT_LEAST_TWO)  # the losses compare texts within a batch
+    max_length: int | None = field(default=None, metadata=AT_LEAST_TWO)  # None: chosen from the documents
     max_duration: str = "1000ba"
-    mask_fraction: float = 0.7  # share of the run that learns masks; the rest fine-tunes the fixed structure
-    target_warmup_fraction: float = 0.5  # share of the mask phase over which the target ramps from full size
+    # Share of the run that learns masks; the rest fine-tunes the fixed structure.
+    mask_fraction: float = field(default=0.5, metadata=_range(0.0, 1.0, low_open=True))
+    # Share of the mask phase over which the target ramps from the full size.
+    target_warmup_fraction: float = field(default=0.5, metadata=_range(0.0, 1.0, low_open=True))
     precision: str = "fp32"
-    gradient_accumulation: int = 1
+    gradient_accumulation: int = field(default=1, metadata=AT_LEAST_ONE)
     gradient_checkpointing: bool = False
     freeze_embeddings: bool = True
-    max_train_examples: int | None = None
+    max_train_examples: int | None = field(default=None, metadata=AT_LEAST_TWO)
     seed: int = 42
-    log_every: int = 10
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    eval_batch_size: int = 64
+    log_every: int = field(default=10, metadata=AT_LEAST_ONE)
+    checkpoint_every: int = field(default=200, metadata=AT_LEAST_ONE)
+    keep_checkpoints: int = field(default=2, metadata=AT_LEAST_ONE)
+    eval_batch_size: int = field(default=64, metadata=AT_LEAST_ONE)
+    teacher_cache_mb: int = field(default=2048, metadata=NON_NEGATIVE)  # teacher outputs kept for texts seen again
     output_dir: str = "runs/run"
     trust_remote_code: bool = False
     vocab: VocabConfig | None = None
@@ -148,19 +196,18 @@ class RunConfig:
                 "give exactly one target: target_model {n_layers, n_heads, intermediate_size} "
                 "or target_params {fraction | count, of: encoder | total}"
             )
+        if self.documents is None and self.dataset is None:
+            raise ConfigError("give documents (the texts the model will serve: recommended) or a dataset to train on")
         unknown = sorted(set(self.structures) - set(STRUCTURES))
         if unknown or not self.structures:
             raise ConfigError(f"structures: unknown {unknown}; choose a non-empty subset of {list(STRUCTURES)}")
+        unknown = sorted(set(self.eval_splits) - set(SPLITS))
+        if unknown:
+            raise ConfigError(f"eval_splits: unknown {unknown}; choose from {list(SPLITS)} (or [] for none)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.duration()  # validates max_duration
-        for name in ("batch_size", "max_length", "gradient_accumulation", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "distill_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("mask_fraction", "target_warmup_fraction"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        _check_ranges(self)
 
     def duration(self) -> tuple[int, str]:
         """(count, unit): "1000ba" -> (1000, "ba") batches, "2ep" -> (2, "ep") epochs."""
@@ -169,10 +216,11 @@ class RunConfig:
             raise ConfigError(f"max_duration must look like '1000ba' (batches) or '2ep' (epochs), got {self.max_duration!r}")
         return int(match.group(1)), match.group(2)
 
-    def size_target(self, config, output_head_parameters: int = 0) -> ArchitectureTarget | ParameterBudget | None:
-        """The target to learn masks for; None when `fixed_masks` gives the structure."""
+    def size_target(self, config, output_head_parameters: int = 0) -> ArchitectureTarget | ParameterBudget | FixedStructure:
+        """The target the run prunes to, for a model of this `config` (its output heads' size counts
+        towards a total budget)."""
         if self.fixed_masks is not None:
-            return None
+            return FixedStructure.from_file(Path(self.fixed_masks).expanduser(), config)
         if self.target_model is not None:
             t = self.target_model
             return ArchitectureTarget(t.n_layers, t.n_heads, t.intermediate_size)
@@ -245,6 +293,9 @@ def build_dataclass(cls, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
+    renamed = [f"{prefix}{key} is now {prefix}{RENAMED_KEYS[key]}" for key in unknown if key in RENAMED_KEYS]
+    if renamed:
+        raise ConfigError(f"renamed key{'s' if len(renamed) > 1 else ''}: {'; '.join(renamed)}")
     if unknown:
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(prefix + n for n in names)}")
     try:
@@ -295,5 +346,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_dataclass(RunConfig, data)
 
 
-def save_config(config: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def config_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

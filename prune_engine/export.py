@@ -4,16 +4,17 @@ A structure a stock config can express (layers dropped, all heads kept, one FFN 
 as a plain BERT / RoBERTa / XLM-R config that needs no remote code. Anything else ships the
 prunable encoder's modeling file and an `auto_map`, loading with `trust_remote_code=True`.
 
-The directory is written beside its destination under a temporary name and renamed into place,
-so an interrupted export leaves nothing half-written, and an existing one is replaced only when
-asked.
+The directory is built beside its destination in a staging folder and renamed into place
+(`atomic.py`), so an interrupted export leaves nothing half-written. An existing directory is
+replaced only when asked, and only if it is an export this tool wrote (it holds
+pruning_info.json): never a workspace, a run directory or any other folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 
 from . import modeling_prunable_encoder
 from .accounting import Structure, count_parameters
+from .atomic import remove_stale_partials, staging_folder
 from .embedder import Embedder
 from .sources import BGE_M3_HEAD_FILES, STOCK_CONFIG_KEYS
 
@@ -138,41 +140,68 @@ def pruning_info(
     }
 
 
+def check_destination(destination: Path, overwrite: bool) -> None:
+    """Refuses, before anything is written, a destination that must not be replaced."""
+    if not destination.exists():
+        return
+    if not overwrite:
+        raise ExportError(f"{destination} already exists: choose another directory or allow replacing it")
+    if not destination.is_dir():
+        raise ExportError(f"{destination} exists and is not a directory: choose another destination")
+    if not (destination / "pruning_info.json").is_file():
+        raise ExportError(
+            f"{destination} is not an export this tool wrote (it has no pruning_info.json), so it is never replaced: "
+            "choose another directory; nothing was changed"
+        )
+
+
+def _write_files(embedder: Embedder, staging: Path, info: dict) -> None:
+    config = embedder.config
+    remote_code = needs_remote_code(config)
+    config_dict = _remote_code_config_dict(config) if remote_code else _stock_config_dict(config)
+    (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+    if remote_code:
+        shutil.copyfile(_MODELING_FILE, staging / _MODELING_FILE.name)
+    state = {k: v.detach().contiguous().cpu() for k, v in embedder.encoder.state_dict().items()}
+    save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
+    # safetensors creates its file private (0600); give it the mode every other file here has.
+    os.chmod(staging / "model.safetensors", (staging / "config.json").stat().st_mode & 0o777)
+    embedder.tokenizer.save_pretrained(staging)
+    _write_sentence_transformers_files(embedder, staging)
+    for name, filename in BGE_M3_HEAD_FILES.items():
+        head = getattr(embedder, name)
+        if head is not None:
+            torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, staging / filename)
+    info = {**info, "needs_trust_remote_code": remote_code}
+    (staging / "pruning_info.json").write_text(json.dumps(info, indent=2))
+    (staging / "README.md").write_text(_model_card(info, remote_code))
+
+
 def export_embedder(embedder: Embedder, destination: str | Path, info: dict, overwrite: bool = False) -> Path:
     """Writes the directory and returns its path. `info` becomes pruning_info.json."""
     destination = Path(destination).expanduser().resolve()
-    if destination.exists() and not overwrite:
-        raise ExportError(f"{destination} already exists: choose another directory or allow overwriting it")
-    if destination.exists() and not destination.is_dir():
-        raise ExportError(f"{destination} exists and is not a directory")
+    check_destination(destination, overwrite)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    remove_stale_partials(destination.parent, destination.name)
+    staging = staging_folder(destination)
     try:
-        config = embedder.config
-        remote_code = needs_remote_code(config)
-        config_dict = _remote_code_config_dict(config) if remote_code else _stock_config_dict(config)
-        (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
-        if remote_code:
-            shutil.copyfile(_MODELING_FILE, staging / _MODELING_FILE.name)
-        state = {k: v.detach().contiguous().cpu() for k, v in embedder.encoder.state_dict().items()}
-        save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
-        embedder.tokenizer.save_pretrained(staging)
-        _write_sentence_transformers_files(embedder, staging)
-        for name, filename in BGE_M3_HEAD_FILES.items():
-            head = getattr(embedder, name)
-            if head is not None:
-                torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, staging / filename)
-        info = {**info, "needs_trust_remote_code": remote_code}
-        (staging / "pruning_info.json").write_text(json.dumps(info, indent=2))
-        (staging / "README.md").write_text(_model_card(info, remote_code))
+        staging.mkdir()
+        _write_files(embedder, staging, info)
         if destination.exists():
-            replaced = destination.parent / f".{destination.name}.replaced-{uuid.uuid4().hex[:8]}"
+            replaced = staging_folder(destination)  # removed below, or as stale by the next export here
             destination.rename(replaced)
-            staging.rename(destination)
+            try:
+                staging.rename(destination)
+            except OSError:
+                replaced.rename(destination)  # the previous export goes back in place
+                raise
             shutil.rmtree(replaced)
         else:
             staging.rename(destination)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"could not write the export {destination}: {error.strerror or error}. Free disk space or "
+                          "choose a writable destination; nothing was changed") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -14,32 +14,33 @@ from collections.abc import Iterable
 import torch
 
 from .accounting import count_parameters, ffn_parameters_per_neuron
+from .batches import Batch
+from .config import LossConfig
 from .embedder import Embedder
 from .l0 import StructureMasks
-from .losses import CoSENTLoss, InfoNCELoss
+from .losses import task_loss
 from .modeling_prunable_encoder import EncoderGates
 
 
-def gradient_importance(embedder: Embedder, batches: Iterable, max_length: int = 128) -> dict[str, list[torch.Tensor]]:
-    """`batches` yield `trainer.Batch` objects (scored pairs or query-passage pairs)."""
+def gradient_importance(embedder: Embedder, batches: Iterable[Batch], max_length: int = 128,
+                        loss_config: LossConfig | None = None) -> dict[str, list[torch.Tensor]]:
+    """`batches` of one task kind (scored pairs or query-passage pairs), scored by its task loss."""
     config = embedder.config
     gates = EncoderGates(
         heads=[torch.ones(h, requires_grad=True) for h in config.heads_per_layer],
         ffn=[torch.ones(f, requires_grad=True) for f in config.intermediate_sizes],
     )
-    cosent, infonce = CoSENTLoss(), InfoNCELoss()
+    losses = {}
     totals = {"heads": [torch.zeros(h) for h in config.heads_per_layer],
               "ffn": [torch.zeros(f) for f in config.intermediate_sizes]}
     embedder.eval()
     for batch in batches:
         dense = embedder(embedder.tokenize(batch.texts, max_length), gates=gates).dense
-        if batch.kind == "scored_pairs":
-            n = batch.n
-            loss = cosent(torch.nn.functional.cosine_similarity(dense[:n], dense[n : 2 * n]), batch.scores)
-        elif batch.kind == "query_passage":
-            loss = infonce(dense[: batch.n], dense[batch.n : batch.task_end])
-        else:
+        if batch.kind not in losses:
+            losses[batch.kind] = task_loss(batch.kind, loss_config or LossConfig())
+        if losses[batch.kind] is None:
             raise ValueError("importance needs a task loss: scored pairs or query-passage pairs")
+        loss = losses[batch.kind](dense, batch)
         gradients = torch.autograd.grad(loss, gates.heads + gates.ffn)
         for i, grad in enumerate(gradients[: config.num_hidden_layers]):
             totals["heads"][i] += grad

@@ -107,6 +107,15 @@ class StructureMasks:
             "ffn": [f.tolist() for f in self.ffn],
         }
 
+    def snapshot(self, config: PrunableEncoderConfig) -> dict:
+        """Per layer of the source model: layer kept, head masks, FFN neurons kept (JSON, for plots)."""
+        return {
+            "layers": [float(v) for v in self.layers],
+            "heads": [[float(v) for v in h] for h in self.heads],
+            "ffn_kept": [int(f.sum()) for f in self.ffn],
+            "ffn_size": list(config.intermediate_sizes),
+        }
+
     @classmethod
     def from_dict(cls, data: dict) -> StructureMasks:
         return cls(
@@ -192,6 +201,19 @@ class L0Masks(nn.Module):
     def deterministic_values(self) -> dict[str, list[torch.Tensor]]:
         """Per-layer deterministic gate values in [0, 1], for heatmaps and snapshots."""
         return {name: group.split(group.deterministic().detach()) for name, group in self.groups.items()}
+
+    def snapshot(self) -> dict:
+        """Per layer: deterministic layer gate, head gates, FFN neurons above one half (JSON, for
+        heatmaps); ungated structures count as kept."""
+        values = self.deterministic_values()
+        config = self.config
+        heads, ffn = values.get("heads"), values.get("ffn")
+        return {
+            "layers": [float(v) for v in values.get("layers", [torch.ones(1)] * config.num_hidden_layers)],
+            "heads": [h.tolist() for h in heads] if heads is not None else [[1.0] * h for h in config.heads_per_layer],
+            "ffn_kept": [int((f > 0.5).sum()) for f in ffn] if ffn is not None else list(config.intermediate_sizes),
+            "ffn_size": list(config.intermediate_sizes),
+        }
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -89,6 +89,39 @@ class CoSENTLoss(nn.Module):
         return torch.logsumexp(torch.cat([zero, differences.flatten()]), dim=0)
 
 
+class ScoredPairsLoss(nn.Module):
+    """CoSENT on the cosines of a batch's pairs: texts[:n] pair with texts[n:2n]."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.cosent = CoSENTLoss(scale)
+
+    def forward(self, dense: torch.Tensor, batch) -> torch.Tensor:
+        n = batch.n
+        cosines = F.cosine_similarity(dense[:n], dense[n : 2 * n], dim=-1)
+        return self.cosent(cosines.float(), batch.scores.to(cosines.device))
+
+
+class QueryPassageLoss(nn.Module):
+    """InfoNCE: query i (texts[:n]) against the batch's passages (texts[n:task_end])."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.infonce = InfoNCELoss(temperature)
+
+    def forward(self, dense: torch.Tensor, batch) -> torch.Tensor:
+        return self.infonce(dense[: batch.n].float(), dense[batch.n : batch.task_end].float())
+
+
+def task_loss(kind: str, weights) -> nn.Module | None:
+    """The task loss of a data kind (`LossConfig` gives its settings); plain text has none."""
+    if kind == "scored_pairs":
+        return ScoredPairsLoss(weights.cosent_scale)
+    if kind == "query_passage":
+        return QueryPassageLoss(weights.temperature)
+    return None
+
+
 class InfoNCELoss(nn.Module):
     """Query i's positive is passage i; every other passage in the batch (and any hard
     negatives appended after them) is a negative."""

@@ -143,3 +143,29 @@ def task_scores(embedder: Embedder, task, batch_size: int = 64, show_progress: b
             prefix = f"{scores['hf_subset']}/" if len(subsets) > 1 else ""
             report[split].update({prefix + name: 100 * scores[name] for name in names if name in scores})
     return report
+
+
+def prepared_task(name: str, splits: Sequence[str], dataset: str | None) -> tuple[object, str]:
+    """The MTEB task with its data loaded (before any model, so a bad name or no network fails
+    fast), and where that data came from; `dataset` gives local data for an STS or retrieval task."""
+    from .data import load_eval_data
+
+    task = get_task(name, splits)
+    if dataset:
+        use_local_data(task, {split: load_eval_data(dataset, split) for split in splits})
+        return task, f"MTEB {name}, data from {dataset}"
+    return load_own_data(task), f"MTEB {name}, its own data (hub, pinned revision)"
+
+
+def comparison_report(task, source: str, model: Embedder, original: Embedder | None, batch_size: int) -> dict:
+    """The task's scores for the model (and the original, with the share retained), as the
+    evaluator's reports are shaped."""
+    from .evaluate import comparison_rows
+
+    after = task_scores(model, task, batch_size, True, original.source if original else None)
+    before = task_scores(original, task, batch_size, True) if original else None
+    report = {"dataset": f"mteb:{task.metadata.name}", "splits": {}}
+    for split, scores in after.items():
+        rows = comparison_rows(before[split], scores) if before else {k: {"score": v} for k, v in scores.items()}
+        report["splits"][split] = {"source": source, "metrics": rows}
+    return report

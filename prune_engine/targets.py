@@ -1,10 +1,12 @@
 """Size targets, the Lagrangian that pulls the expected size to them, and the final top-k masks.
 
-Two ways to state a target:
+Three ways to state a target, one interface (validate, describe, the planned structure, the
+encoder size along the ramp, the constraints and the final masks):
 - `ArchitectureTarget`: the original design's `target_model: {n_layers, n_heads, intermediate_size}`,
   a uniform result. Three constraints (layers, heads per layer, neurons per layer) are enforced.
 - `ParameterBudget`: a count of encoder or total parameters; the method allocates heads and
   neurons per layer freely. One constraint on the expected parameter count.
+- `FixedStructure`: given masks (a run's final_masks.json); nothing to learn, no constraint.
 
 Each constraint is a relative gap (expected - target) / full size, so one set of multiplier
 learning rates works for MiniLM and BGE-M3 alike. The target is ramped linearly from the full
@@ -13,7 +15,9 @@ size over a warmup, as in CoFi / Sheared-LLaMA.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +27,7 @@ from .accounting import (
     attention_parameters_per_head,
     count_parameters,
     ffn_parameters_per_neuron,
+    layer_fixed_parameters,
 )
 from .l0 import L0Masks, StructureMasks
 from .modeling_prunable_encoder import PrunableEncoderConfig
@@ -100,12 +105,24 @@ class ArchitectureTarget:
     def describe(self) -> str:
         return f"{self.n_layers} layers x {self.n_heads} heads x FFN {self.intermediate_size}"
 
+    learns_masks = True
+
+    def planned_structure(self, config: PrunableEncoderConfig) -> tuple[Structure, bool]:
+        """(structure, exact): what the run will keep."""
+        return self.structure(config), True
+
+    def encoder_parameters(self, config: PrunableEncoderConfig, ramp: float = 1.0) -> float:
+        """The ramped target as an encoder parameter count (plotted beside the expected size)."""
+        full = count_parameters(config).encoder
+        return _ramped(full, count_parameters(config, self.structure(config)).encoder, ramp)
+
 
 @dataclass(frozen=True)
 class ParameterBudget:
     parameters: int
     scope: str = "encoder"  # "encoder" or "total"
     output_head_parameters: int = 0  # BGE-M3's sparse/ColBERT heads count towards a "total" budget
+    fraction: float | None = field(default=None, compare=False)  # how it was asked for, to describe it
 
     @classmethod
     def from_fraction(
@@ -115,7 +132,7 @@ class ParameterBudget:
         if not 0.0 < fraction <= 1.0:
             raise TargetError(f"a parameter budget fraction must be in (0, 1], got {fraction}")
         full = cls._scope_size(config, None, scope, output_head_parameters)
-        return cls(int(round(full * fraction)), scope, output_head_parameters)
+        return cls(int(round(full * fraction)), scope, output_head_parameters, fraction)
 
     @staticmethod
     def _scope_size(config, structure, scope, output_head_parameters) -> int:
@@ -206,10 +223,86 @@ class ParameterBudget:
         return result
 
     def describe(self) -> str:
-        return f"{self.parameters:,} {self.scope} parameters"
+        share = f"{self.fraction:.0%} of the {self.scope}: " if self.fraction is not None else ""
+        return f"{share}{self.parameters:,} {self.scope} parameters"
+
+    learns_masks = True
+
+    def encoder_budget(self, config: PrunableEncoderConfig) -> int:
+        """The budget in encoder parameters (a total budget less the embeddings and output heads)."""
+        if self.scope == "encoder":
+            return self.parameters
+        counts = count_parameters(config, None, self.output_head_parameters)
+        return self.parameters - (counts.total - counts.encoder)
+
+    def planned_structure(self, config: PrunableEncoderConfig) -> tuple[Structure, bool]:
+        """The budget spread evenly over every layer: a stand-in, since the run decides where to cut."""
+        return even_structure(config, self.encoder_budget(config)), False
+
+    def encoder_parameters(self, config: PrunableEncoderConfig, ramp: float = 1.0) -> float:
+        return _ramped(count_parameters(config).encoder, self.encoder_budget(config), ramp)
 
 
-SizeTarget = ArchitectureTarget | ParameterBudget
+def even_structure(config: PrunableEncoderConfig, encoder_budget: int) -> Structure:
+    """The uniform structure that keeps every layer and spends an encoder budget evenly: heads
+    scaled like the budget, the FFN width filling the rest."""
+    hidden, head = config.hidden_size, config.attention_head_size
+    full_heads, full_ffn = max(config.heads_per_layer), max(config.intermediate_sizes)
+    layers = config.num_hidden_layers
+    per_head, per_neuron = attention_parameters_per_head(hidden, head), ffn_parameters_per_neuron(hidden)
+    variable = encoder_budget - layers * layer_fixed_parameters(hidden)
+    share = min(1.0, max(0.0, variable / (layers * (full_heads * per_head + full_ffn * per_neuron))))
+    heads = round(full_heads * share)
+    ffn = int((variable / layers - heads * per_head) // per_neuron)
+    return Structure.uniform(layers, heads, min(full_ffn, max(0, ffn)), config.vocab_size)
+
+
+@dataclass(frozen=True)
+class FixedStructure:
+    """A structure given in advance (`fixed_masks`: a run's final_masks.json): the run prunes to
+    it at once and only fine-tunes."""
+
+    masks: StructureMasks = field(compare=False)
+    source: str
+
+    learns_masks = False
+
+    @classmethod
+    def from_file(cls, path: Path, config: PrunableEncoderConfig) -> FixedStructure:
+        try:
+            masks = StructureMasks.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise TargetError(f"fixed_masks {path}: cannot read it as a final_masks.json ({error})") from None
+        shapes_match = (
+            len(masks.layers) == config.num_hidden_layers
+            and [len(h) for h in masks.heads] == list(config.heads_per_layer)
+            and [len(f) for f in masks.ffn] == list(config.intermediate_sizes)
+        )
+        if not shapes_match:
+            raise TargetError(f"fixed_masks {path} was made for another model than this {config.source_model_type} "
+                              f"with {config.num_hidden_layers} layers of {max(config.heads_per_layer, default=0)} heads")
+        return cls(masks, str(path))
+
+    def validate(self, config: PrunableEncoderConfig, structures: tuple[str, ...]) -> None:
+        """Shapes were checked when the file was read."""
+
+    def describe(self) -> str:
+        return f"the structure in {self.source}"
+
+    def constraint_names(self) -> list[str]:
+        return []
+
+    def final_masks(self, masks: L0Masks | None = None) -> StructureMasks:
+        return self.masks
+
+    def planned_structure(self, config: PrunableEncoderConfig) -> tuple[Structure, bool]:
+        return self.masks.kept_structure(config.vocab_size), True
+
+    def encoder_parameters(self, config: PrunableEncoderConfig, ramp: float = 1.0) -> float:
+        return float(count_parameters(config, self.masks.kept_structure(config.vocab_size)).encoder)
+
+
+SizeTarget = ArchitectureTarget | ParameterBudget | FixedStructure
 
 
 # The linear multiplier integrates only while the gap is within this share of the full size, at

@@ -273,12 +273,12 @@ def vocabulary_corpus(config: VocabConfig, training_texts: Sequence[str] | None 
     train split; the run's training texts when unset), plus the STS-B train and dev sentences of
     each language in `config.languages` (test stays held out, to measure coverage on)."""
     if config.corpus is not None:
-        texts = list(load_texts(config.corpus, "train").texts)
+        texts = load_texts(config.corpus, "train")
     else:
         texts = list(training_texts or [])
     for language in config.languages:
         for split in ("train", "dev"):
-            texts += load_texts(f"sts-{language}", split).texts
+            texts += load_texts(f"sts-{language}", split)
     if not texts:
         raise ValueError("no text to build the vocabulary from: set vocab.corpus or vocab.languages, or train on some data")
     return list(dict.fromkeys(texts))

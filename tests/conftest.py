@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 
 # Tests never reach the network: the hub fails fast instead of retrying (read at import time).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from prune_engine.data import RetrievalTask
 from prune_engine.embedder import Embedder
 from prune_engine.l0 import StructureMasks
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel
@@ -48,6 +50,22 @@ def require_data(relative: str = "") -> Path:
         "set PRUNE_ENGINE_DATA to point elsewhere)"
     )
     return path
+
+
+def retrieval_subset(task: RetrievalTask, n_queries: int, n_documents: int, seed: int = 0) -> RetrievalTask:
+    """A smaller task for quick checks: `n_queries` judged queries, all their relevant documents,
+    and random other documents up to `n_documents` (figures are not comparable with the full task's)."""
+    rng = random.Random(seed)
+    query_ids = sorted(rng.sample(sorted(task.qrels), min(n_queries, len(task.qrels))))
+    relevant = dict.fromkeys(doc for q in query_ids for doc in task.qrels[q] if doc in task.corpus)
+    others = [doc for doc in task.corpus if doc not in relevant]
+    doc_ids = list(relevant) + rng.sample(others, max(0, min(n_documents - len(relevant), len(others))))
+    return RetrievalTask(
+        queries={q: task.queries[q] for q in query_ids},
+        corpus={doc: task.corpus[doc] for doc in sorted(doc_ids)},
+        qrels={q: task.qrels[q] for q in query_ids},
+        source=f"{task.source}, {len(query_ids)} queries over {len(doc_ids)} documents",
+    )
 
 
 def randomize_parameters(module: nn.Module, seed: int, scale: float = 0.1) -> nn.Module:

@@ -15,13 +15,9 @@ from prune_engine.data import (
     ScoredPairs,
     TextCorpus,
     load_eval_data,
-    load_query_passage_pairs,
-    load_retrieval,
-    load_scored_pairs,
     load_texts,
     load_training_data,
     shared_data_dir,
-    texts_of,
 )
 
 
@@ -67,7 +63,7 @@ def test_sts_other_language_and_language_argument_agree(shared):
     german = load_eval_data("sts-de", "test")
     assert isinstance(german, ScoredPairs) and len(german) == 1379
     assert german.source.endswith("stsb-de-test.tsv")
-    assert load_scored_pairs("sts", "test", language="de").sentences1 == german.sentences1
+    assert load_training_data("sts-de", "test").sentences1 == german.sentences1
     assert load_eval_data("sts-de", "validation").source.endswith("stsb-de-dev.tsv")
     # Translations keep the English scores.
     assert german.scores == load_eval_data("sts", "test").scores
@@ -84,11 +80,11 @@ def test_msmarco_sample_has_189_pairs_with_negatives(shared):
 
 
 def test_msmarco_evaluation_pools_all_passages(shared):
-    pairs = load_query_passage_pairs("msmarco")
-    task = load_retrieval("msmarco", "train")
+    pairs = load_training_data("msmarco")
+    task = load_eval_data("msmarco", "train")
     assert isinstance(task, RetrievalTask)
     assert len(task.queries) == len(set(pairs.queries))
-    assert set(task.corpus.values()) == set(texts_of(pairs)) - set(pairs.queries)
+    assert set(task.corpus.values()) == set(pairs.distinct_texts()) - set(pairs.queries)
     for query_id, judged in task.qrels.items():
         assert judged and all(doc_id in task.corpus for doc_id in judged)
         assert query_id in task.queries
@@ -116,7 +112,7 @@ def test_scifact_training_pairs_are_the_positive_train_qrels(shared):
 
 def test_beir_folder_without_train_qrels_trains_on_its_texts(shared):
     folder = shared / "msmarco" / "trec-dl-2019-beir"
-    task = load_retrieval(folder, "test")
+    task = load_eval_data(str(folder), "test")
     assert (len(task.queries), len(task.corpus)) == (43, 5000)
     assert {score for judged in task.qrels.values() for score in judged.values()} == {1, 2, 3}
     texts = load_training_data(str(folder))
@@ -126,7 +122,7 @@ def test_beir_folder_without_train_qrels_trains_on_its_texts(shared):
 
 def test_unknown_retrieval_split_lists_available_ones(shared):
     with pytest.raises(DataError, match=r"no qrels for split 'dev'.*available: test, train"):
-        load_retrieval("mteb/scifact", "dev")
+        load_eval_data("mteb/scifact", "dev")
 
 
 # --------------------------------------------------------------------------- demo data
@@ -135,7 +131,7 @@ def test_unknown_retrieval_split_lists_available_ones(shared):
 def test_demo_loads_without_shared_data(no_shared_data):
     train, dev, test = (load_training_data("demo", split) for split in ("train", "dev", "test"))
     assert (len(train), len(dev), len(test)) == (240, 30, 30)
-    everything = load_scored_pairs(data.DEMO_PAIRS)
+    everything = load_training_data(str(data.DEMO_PAIRS))
     assert train.sentences1 + dev.sentences1 + test.sentences1 == everything.sentences1
     assert all(0.0 <= score <= 1.0 for score in everything.scores)
     # Paraphrases, related and unrelated pairs are all present.
@@ -144,7 +140,7 @@ def test_demo_loads_without_shared_data(no_shared_data):
     assert sum(score <= 0.2 for score in everything.scores) >= 40
     assert load_eval_data("demo", "test").sentences1 == test.sentences1
     sentences = load_texts("demo")
-    assert len(sentences) >= 250 and len(set(sentences.texts)) == len(sentences)
+    assert len(sentences) >= 250 and len(set(sentences)) == len(sentences)
 
 
 def test_shared_data_dir_names_where_it_was_expected(no_shared_data):
@@ -183,7 +179,7 @@ def test_scores_already_in_unit_range_are_kept(tmp_path):
     path = write_tsv(
         tmp_path / "unit.tsv", ["sentence1", "sentence2", "score"], [["a", "b", "0.25"], ["c", "d", "1"]]
     )
-    assert load_scored_pairs(path).scores == [0.25, 1.0]
+    assert load_training_data(str(path)).scores == [0.25, 1.0]
 
 
 def test_columns_decide_the_kind(tmp_path):
@@ -196,22 +192,22 @@ def test_columns_decide_the_kind(tmp_path):
     assert isinstance(pairs, QueryPassagePairs) and pairs.negatives == [["Coffee beans."]]
 
     no_negatives = write_tsv(tmp_path / "qp.tsv", ["query", "positive"], [["q", "p"]])
-    assert load_query_passage_pairs(no_negatives).negatives is None
+    assert load_training_data(str(no_negatives)).negatives is None
 
     texts = write_tsv(tmp_path / "texts.tsv", ["text", "label"], [["first", "x"], ["second", "y"]])
     assert load_training_data(str(texts)) == TextCorpus(["first", "second"], str(texts))
 
     # Column names other tools use (sentence-transformers' anchor, stsb_multi_mt's similarity_score) are accepted.
     anchors = write_tsv(tmp_path / "anchors.tsv", ["anchor", "positive"], [["q", "p"]])
-    assert load_query_passage_pairs(anchors).queries == ["q"]
+    assert load_training_data(str(anchors)).queries == ["q"]
     renamed = write_tsv(
         tmp_path / "renamed.tsv", ["sentence1", "sentence2", "similarity_score"], [["a", "b", "2.5"]]
     )
-    assert load_scored_pairs(renamed).scores == [0.5]
+    assert load_training_data(str(renamed)).scores == [0.5]
 
     lines = tmp_path / "lines.txt"
     lines.write_text("one sentence\n\nanother sentence\n", encoding="utf-8")
-    assert load_texts(lines).texts == ["one sentence", "another sentence"]
+    assert load_texts(str(lines)) == ["one sentence", "another sentence"]
 
 
 def test_query_passage_file_evaluates_as_retrieval(tmp_path):
@@ -222,13 +218,13 @@ def test_query_passage_file_evaluates_as_retrieval(tmp_path):
     assert task.qrels == {"q0": {"d0": 1, "d2": 1}, "q1": {"d1": 1}}
 
 
-def test_texts_of_lists_each_text_once():
+def test_distinct_texts_lists_each_text_once():
     pairs = ScoredPairs(["a", "b"], ["b", "c"], [0.1, 0.2], "test")
-    assert texts_of(pairs) == ["a", "b", "c"]
+    assert pairs.distinct_texts() == ["a", "b", "c"]
     qp = QueryPassagePairs(["q"], ["p"], [["n", "p"]], "test")
-    assert texts_of(qp) == ["q", "p", "n"]
+    assert qp.distinct_texts() == ["q", "p", "n"]
     task = RetrievalTask({"1": "q"}, {"d": "doc", "e": "q"}, {"1": {"d": 1}}, "test")
-    assert texts_of(task) == ["q", "doc"]
+    assert task.distinct_texts() == ["q", "doc"]
 
 
 # --------------------------------------------------------------------------- errors
@@ -243,12 +239,10 @@ def test_missing_column_names_file_column_and_found_columns(tmp_path):
     assert "found: sentence1, sentence2" in message
 
 
-def test_missing_expected_column_for_a_specific_kind(tmp_path):
-    path = write_tsv(tmp_path / "texts.tsv", ["text"], [["a"]])
-    with pytest.raises(
-        DataError, match=r"texts\.tsv: missing column\(s\) sentence1, sentence2, score \(found: text\)"
-    ):
-        load_scored_pairs(path)
+def test_a_partial_kind_names_its_missing_columns(tmp_path):
+    path = write_tsv(tmp_path / "half.tsv", ["sentence1", "score"], [["a", "1"]])
+    with pytest.raises(DataError, match=r"half\.tsv: missing column\(s\) sentence2 \(found: sentence1, score\)"):
+        load_training_data(str(path))
 
 
 def test_empty_text_names_file_row_and_column(tmp_path):
@@ -267,7 +261,7 @@ def test_empty_text_in_jsonl_counts_rows_like_a_person(tmp_path):
         json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": " ", "positive": "p"})
     )
     with pytest.raises(DataError, match=r"qp\.jsonl, row 2 \(line 2\): query is empty"):
-        load_query_passage_pairs(path)
+        load_training_data(str(path))
 
 
 def test_score_out_of_range_names_file_row_value_and_range(tmp_path):
@@ -275,7 +269,7 @@ def test_score_out_of_range_names_file_row_value_and_range(tmp_path):
         tmp_path / "scores.tsv", ["sentence1", "sentence2", "score"], [["a", "b", "4"], ["c", "d", "7.5"]]
     )
     with pytest.raises(DataError) as error:
-        load_scored_pairs(path)
+        load_training_data(str(path))
     message = str(error.value)
     assert "scores.tsv, row 2" in message and "7.5" in message and "[0, 5]" in message
 
@@ -285,21 +279,21 @@ def test_non_numeric_score_is_reported(tmp_path):
     with pytest.raises(
         DataError, match=r"words\.tsv, row 1 \(line 2\): column 'score' must be a number, found 'high'"
     ):
-        load_scored_pairs(path)
+        load_training_data(str(path))
 
 
 def test_stray_tab_is_reported_with_its_line(tmp_path):
     path = tmp_path / "tabs.tsv"
     path.write_text("sentence1\tsentence2\tscore\na\tb\t1\nc\td\textra\t2\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"tabs\.tsv, row 2 \(line 3\): 4 fields, but the header has 3"):
-        load_scored_pairs(path)
+        load_training_data(str(path))
 
 
 def test_invalid_json_line_is_reported(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"text": "fine"}\n{"text": \n', encoding="utf-8")
     with pytest.raises(DataError, match=r"broken\.jsonl, line 2: invalid JSON"):
-        load_texts(path)
+        load_texts(str(path))
 
 
 def test_unknown_name_lists_valid_choices():

@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+from conftest import retrieval_subset
 
 from prune_engine import cli
 from prune_engine.data import (
@@ -24,7 +25,6 @@ from prune_engine.evaluate import (
     evaluate,
     figures,
     format_report,
-    retrieval_subset,
 )
 from prune_engine.export import export_embedder, pruning_info
 from prune_engine.importance import layer_drop_masks

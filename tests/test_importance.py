@@ -3,10 +3,10 @@
 import torch
 
 from prune_engine.accounting import count_parameters
+from prune_engine.batches import make_batch
 from prune_engine.data import load_training_data
 from prune_engine.importance import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget
 from prune_engine.targets import ParameterBudget
-from prune_engine.trainer import make_batch
 
 
 def test_evenly_spaced_layers_end_at_the_top():

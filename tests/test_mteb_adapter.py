@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import retrieval_subset
 from mteb.models.models_protocols import EncoderProtocol
 
 from prune_engine import cli, mteb_adapter
 from prune_engine.data import ScoredPairs, load_eval_data
-from prune_engine.evaluate import evaluate, retrieval_subset
+from prune_engine.evaluate import evaluate
 from prune_engine.sources import load_embedder
 
 PAIRS = 100

@@ -4,8 +4,11 @@ atomic."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,7 +303,7 @@ def test_export_without_heads_writes_no_head_files(tiny_xlmr_embedder, tmp_path)
 
 
 def leftovers(parent) -> list[str]:
-    return [name for name in os.listdir(parent) if ".partial-" in name or ".replaced-" in name]
+    return [name for name in os.listdir(parent) if ".partial-" in name]
 
 
 def test_export_to_an_existing_directory_refuses_then_overwrites(tiny_xlmr_embedder, tmp_path):
@@ -317,10 +320,21 @@ def test_export_to_an_existing_directory_refuses_then_overwrites(tiny_xlmr_embed
     assert (destination / "keep-me.txt").read_text() == "old contents"
     assert leftovers(tmp_path) == []
 
-    export_embedder(pruned, destination, info, overwrite=True)
-    assert not (destination / "keep-me.txt").exists()
-    assert (destination / "config.json").is_file() and (destination / "model.safetensors").is_file()
+    # Replacing is for a previous export only: a folder without pruning_info.json (a workspace, a run
+    # directory, anything of the user's) is never removed, even when replacing is allowed.
+    with pytest.raises(ExportError, match="not an export this tool wrote"):
+        export_embedder(pruned, destination, info, overwrite=True)
+    assert os.listdir(destination) == ["keep-me.txt"] and leftovers(tmp_path) == []
+
+    previous = tmp_path / "previous"
+    export_embedder(pruned, previous, {**info, "note": "first"})
+    export_embedder(pruned, previous, {**info, "note": "second"}, overwrite=True)
+    assert json.loads((previous / "pruning_info.json").read_text())["note"] == "second"
+    assert (previous / "config.json").is_file() and (previous / "model.safetensors").is_file()
     assert leftovers(tmp_path) == []
+    # Every file of the export is readable like the others (safetensors alone would be 0600).
+    modes = {(path.stat().st_mode & 0o777) for path in previous.rglob("*") if path.is_file()}
+    assert len(modes) == 1, modes
 
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
@@ -334,21 +348,37 @@ def test_interrupted_export_leaves_nothing_behind(tiny_xlmr_embedder, tmp_path, 
     pruned = prune_embedder(embedder, stock_masks(embedder.config, dropped_layers=[0]))
     info = pruning_info(pruned, "tiny", embedder.config)
 
-    def broken_save_file(*args, **kwargs):
-        raise OSError("disk full")
+    previous = tmp_path / "previous"
+    export_embedder(pruned, previous, {**info, "note": "intact"})
 
-    monkeypatch.setattr(export_module, "save_file", broken_save_file)
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "save_file", full_disk)
     destination = tmp_path / "out" / "interrupted"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ExportError, match=r"could not write the export .*interrupted: No space left on device"):
         export_embedder(pruned, destination, info)
     assert not destination.exists()
     assert leftovers(destination.parent) == []
 
     # An interrupted overwrite keeps the previous export intact.
-    previous = tmp_path / "previous"
-    previous.mkdir()
-    (previous / "config.json").write_text("{}")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ExportError, match="No space left on device"):
         export_embedder(pruned, previous, info, overwrite=True)
-    assert os.listdir(previous) == ["config.json"]
+    assert json.loads((previous / "pruning_info.json").read_text())["note"] == "intact"
     assert leftovers(tmp_path) == []
+
+
+def test_a_staging_folder_left_by_a_killed_export_is_cleaned_by_the_next(tiny_xlmr_embedder, tmp_path):
+    """A process killed mid-export leaves `.name.partial-<pid>-*`; the next export there removes it,
+    but never one whose process is alive (it is still writing)."""
+    embedder = tiny_xlmr_embedder(seed=11, with_heads=False)
+    pruned = prune_embedder(embedder, stock_masks(embedder.config, dropped_layers=[0]))
+    info = pruning_info(pruned, "tiny", embedder.config)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".model.partial-{dead.stdout.strip()}-0badc0de"
+    live = tmp_path / f".model.partial-{os.getpid()}-0000beef"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    export_embedder(pruned, tmp_path / "model", info)
+    assert not stale.exists() and live.exists()

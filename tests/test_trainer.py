@@ -16,8 +16,10 @@ import torch
 from prune_engine.accounting import Structure, count_parameters
 from prune_engine.config import load_config
 from prune_engine.l0 import StructureMasks
+from prune_engine.run_dir import TrainingError
 from prune_engine.sources import bundled_minilm_dir, load_embedder
-from prune_engine.trainer import PruningRun, TrainingError
+from prune_engine.targets import TargetError
+from prune_engine.trainer import PruningRun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,10 +141,10 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tin
 
     monkeypatch.setattr(trainer.PruningObjective, "forward", poisoned)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"the loss became nan at step 4.*step_0000004.*Lower optimizer.lr"):
+    with pytest.raises(TrainingError, match=r"the loss became nan at step 4.*last good checkpoint is step 4.*Lower optimizer.lr"):
         PruningRun(tiny_config(tiny_model_dir, run_dir)).run()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
-    assert (run_dir / "checkpoints" / "step_0000004" / "state.pt").is_file()
+    assert (run_dir / "checkpoints" / "step_0000004" / "tensors.safetensors").is_file()
 
 
 def test_fixed_masks_skip_mask_learning_and_fine_tune_that_structure(tiny_model_dir, tmp_path):
@@ -163,7 +165,7 @@ def test_fixed_masks_skip_mask_learning_and_fine_tune_that_structure(tiny_model_
 
     keep_first_two["layers"] = [True, False]
     masks_file.write_text(json.dumps(keep_first_two))
-    with pytest.raises(TrainingError, match="made for another structure"):
+    with pytest.raises(TargetError, match="made for another model"):
         PruningRun(config.__class__(**{**config.__dict__, "output_dir": str(tmp_path / "other")})).run()
 
 
@@ -181,59 +183,65 @@ def test_a_vocab_section_ships_a_trimmed_tokenizer_and_embeddings(tiny_model_dir
     assert report["splits"]["test"]["metrics"]["mean_cosine_to_original"]["pruned"] > 0
 
 
-def test_distill_dataset_texts_join_every_batch_for_distillation_only(tiny_model_dir, tmp_path, monkeypatch):
-    """Passages mixed into STS batches: each text is seen once per pass, none reaches the task loss,
-    and a resumed run draws the same texts an uninterrupted one would."""
+def test_documents_join_every_batch_for_distillation_only(tiny_model_dir, tmp_path, monkeypatch):
+    """Documents mixed into STS batches: each training document is seen once per pass, the held-out
+    ones never, none reaches the task loss, and a resumed run draws the same ones."""
     import prune_engine.trainer as trainer
+    from prune_engine.batches import BatchSchedule
+    from prune_engine.documents import load_documents, split_documents
 
-    passages = [f"passage number {i} about zebrafish topic {i % 5}" for i in range(12)]
+    passages = [f"passage number {i} about zebrafish topic {i % 5}" for i in range(60)]
     (tmp_path / "passages.txt").write_text("\n".join(passages) + "\n")
     seen: list[tuple[str, list[str], list[str]]] = []
     real_make_batch = trainer.make_batch
 
-    def recording_make_batch(data, indices, distill_texts=()):
-        batch = real_make_batch(data, indices, distill_texts)
+    def recording_make_batch(data, indices, documents=()):
+        batch = real_make_batch(data, indices, documents)
         seen.append((batch.kind, batch.texts[: batch.task_end], batch.texts[batch.task_end :]))
         return batch
 
     monkeypatch.setattr(trainer, "make_batch", recording_make_batch)
     config = tiny_config(tiny_model_dir, tmp_path / "run", "eval_splits=[]", "max_duration=6ba",
-                         f"distill_dataset={tmp_path / 'passages.txt'}", "distill_batch_size=4", "vocab={min_freq: 1}")
+                         f"documents={tmp_path / 'passages.txt'}", "documents_per_batch=4", "vocab={min_freq: 1}")
     result = PruningRun(config).run()
-    # The trimmed vocabulary counts the passages too: a word only they hold is not unknown.
+    # The trimmed vocabulary counts the documents too: a word only they hold is not unknown.
     tokenizer = load_embedder(str(result.export_dir), trust_remote_code=True).tokenizer
     assert tokenizer.unk_token_id not in tokenizer("zebrafish")["input_ids"]
+    split = split_documents(load_documents(str(tmp_path / "passages.txt")))
+    held_out = set(split.held_out.texts())
     drawn = [text for _, _, extra in seen for text in extra]
     assert len(seen) == 6 and all(len(extra) == 4 for _, _, extra in seen)
-    assert sorted(drawn[:12]) == sorted(passages) and sorted(drawn[12:]) == sorted(passages)
+    assert len(set(drawn)) == 24 and not set(drawn) & held_out and set(drawn) <= set(split.training.texts())
     assert all(kind == "scored_pairs" and not set(task) & set(passages) for kind, task, _ in seen)
+    # The held-out documents are scored without labels in the report.
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["documents"]["splits"] and not report["warnings"]
 
-    first_run = list(drawn)
-    seen.clear()
-    resumed = tiny_config(tiny_model_dir, tmp_path / "resumed", "eval_splits=[]", "max_duration=6ba",
-                          f"distill_dataset={tmp_path / 'passages.txt'}", "distill_batch_size=4")
-    run = PruningRun(resumed)
-    run._setup()
-    assert [t for step in range(6) for t in run._distill_batch(step)] == first_run
+    schedule = BatchSchedule(240, split.training.texts(), 8, 4, config.seed)
+    assert [t for step in range(6) for t in schedule.documents_of(step)] == drawn
 
-    (tmp_path / "one.txt").write_text("a single line\n")
-    lonely = tiny_config(tiny_model_dir, tmp_path / "lonely", f"distill_dataset={tmp_path / 'one.txt'}")
-    with pytest.raises(TrainingError, match="at least 2 texts"):
-        PruningRun(lonely).run()
+    (tmp_path / "few.txt").write_text("\n".join(passages[:30]) + "\n")
+    too_few = tiny_config(tiny_model_dir, tmp_path / "few", f"documents={tmp_path / 'few.txt'}")
+    with pytest.raises(ValueError, match=r"30 distinct documents is too few.*give at least 40"):
+        PruningRun(too_few).run()
+    assert not (tmp_path / "few" / "status.json").exists() or json.loads(
+        (tmp_path / "few" / "status.json").read_text())["state"] == "failed"
 
 
 def test_distillation_texts_are_padded_apart_and_never_reach_the_task_loss(tiny_xlmr_embedder):
     """Passages mixed into a query-passage batch: tokenised in their own padding group, every loss
     (BGE-M3's lexical and multi-vector ones included) equals the one-group computation, and the
     InfoNCE sees only the batch's own passages as negatives."""
+    from prune_engine.batches import make_batch
     from prune_engine.data import QueryPassagePairs
-    from prune_engine.trainer import PruningObjective, make_batch
+    from prune_engine.objective import PruningObjective
 
     pairs = QueryPassagePairs(["what is a cat", "how tall is everest"], ["a cat is a small feline", "everest is 8849 m"],
                               None, "test")
     extra = ["a long passage about whales, which are marine mammals that breathe air and sing " * 2, "rivers flow"]
     teacher, student = tiny_xlmr_embedder(seed=0), tiny_xlmr_embedder(seed=1)
-    objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5", "loss.distill_tokens=1"]))
+    objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5", "loss.distill_tokens=1"]),
+                                 pairs.kind)
     plain, mixed = make_batch(pairs, [0, 1]), make_batch(pairs, [0, 1], extra)
     assert (mixed.n, mixed.task_end, mixed.distill_only) == (2, 4, 2)
     assert mixed.padding_groups == [mixed.texts[:4], extra]
@@ -252,9 +260,10 @@ def test_distillation_texts_are_padded_apart_and_never_reach_the_task_loss(tiny_
     assert float(apart["distill_cosine"]) != pytest.approx(float(alone["distill_cosine"]), abs=1e-4)
 
 
-def test_token_distillation_is_weighted_into_the_total_and_off_by_default(tiny_xlmr_embedder):
+def test_token_distillation_is_weighted_into_the_total_and_on_by_default(tiny_xlmr_embedder):
+    from prune_engine.batches import make_batch
     from prune_engine.data import ScoredPairs
-    from prune_engine.trainer import PruningObjective, make_batch
+    from prune_engine.objective import PruningObjective
 
     pairs = ScoredPairs(["a cat sits", "rivers flow"], ["a cat is sitting", "stocks fell"], [1.0, 0.1], "test")
     teacher, student = tiny_xlmr_embedder(seed=0), tiny_xlmr_embedder(seed=1)
@@ -264,18 +273,18 @@ def test_token_distillation_is_weighted_into_the_total_and_off_by_default(tiny_x
         teacher_out = teacher(features)
 
     def losses(*overrides):
-        objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5", *overrides]))
+        objective = PruningObjective(student, load_config(None, ["target_params.fraction=0.5", *overrides]), pairs.kind)
         with torch.no_grad():
             return objective([features], batch, [teacher_out], 1.0)
 
-    default, half = losses(), losses("loss.distill_tokens=0.5")
-    assert "distill_tokens" not in default
-    assert float(half["distill_tokens"]) > 0.01
-    assert float(half["total"] - default["total"]) == pytest.approx(0.5 * float(half["distill_tokens"]), rel=1e-4)
+    default, off, half = losses(), losses("loss.distill_tokens=0"), losses("loss.distill_tokens=0.5")
+    assert "distill_tokens" not in off and float(default["distill_tokens"]) > 0.01
+    assert float(half["total"] - off["total"]) == pytest.approx(0.5 * float(half["distill_tokens"]), rel=1e-4)
+    assert float(default["total"] - off["total"]) == pytest.approx(float(default["distill_tokens"]), rel=1e-4)
 
 
 def test_a_directory_another_process_trains_in_is_refused_and_left_alone(tiny_model_dir, tmp_path):
-    from prune_engine.trainer import RunDirectoryBusy
+    from prune_engine.run_dir import RunDirectoryBusy
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -302,8 +311,6 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_released(tiny_model_dir
 
 
 def test_target_larger_than_the_model_is_refused(tiny_model_dir, tmp_path):
-    from prune_engine.targets import TargetError
-
     config = tiny_config(tiny_model_dir, tmp_path / "run", "target_model={n_layers: 5, n_heads: 4, intermediate_size: 64}")
     with pytest.raises(TargetError, match="n_layers=5 but the model has 3"):
         PruningRun(config).run()

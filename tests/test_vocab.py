@@ -13,9 +13,9 @@ from torch import nn
 
 from prune_engine.accounting import Structure, size_report
 from prune_engine.config import ConfigError, VocabConfig
-from prune_engine.data import load_scored_pairs, load_texts
+from prune_engine.data import load_eval_data, load_texts
 from prune_engine.embedder import Embedder
-from prune_engine.evaluate import evaluate_sts
+from prune_engine.evaluate import evaluate
 from prune_engine.export import export_embedder, pruning_info
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel
 from prune_engine.presets import ORIGINAL_PRESETS, bge_m3_config
@@ -31,7 +31,7 @@ from prune_engine.vocab import (
 )
 
 TOLERANCE = 1e-5
-# The untrimmed MiniLM through `evaluate_sts` on stsb-en test: 82.0325 at max length 256 (its
+# The untrimmed MiniLM through `evaluate` on stsb-en test: 82.0325 at max length 256 (its
 # sentence-transformers setting) and 128 (MTEB's, giving MTEB's 82.03; no test sentence is longer).
 # test_metrics_real.py checks that the model scores 82.03; it is not re-encoded here, to keep this file fast.
 UNTRIMMED_MINILM_STS = 82.0325
@@ -41,7 +41,7 @@ XLMR_LANGUAGES = ("en", "de", "ru", "ja", "zh")
 def sts_texts(language: str, *splits: str) -> list[str]:
     for split in splits:
         require_data(f"stsb/stsb-{language}-{split}.tsv")
-    return list(dict.fromkeys(text for split in splits for text in load_texts(f"sts-{language}", split).texts))
+    return list(dict.fromkeys(text for split in splits for text in load_texts(f"sts-{language}", split)))
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +188,10 @@ def test_bge_m3_18_12_3072_with_english_sts_vocabulary(xlmr_tokenizer):
 
 
 def test_trimmed_minilm_keeps_its_sts_score(minilm, minilm_plan):
-    test_pairs = load_scored_pairs("sts-en", "test")
+    test_pairs = load_eval_data("sts-en", "test")
     share = coverage(minilm.tokenizer, minilm_plan, list(dict.fromkeys(test_pairs.sentences1 + test_pairs.sentences2)))
     assert share.tokens > 0.975 and share.texts > 0.8
-    trimmed = evaluate_sts(trim_embedder(minilm, minilm_plan), test_pairs)["spearman"]
+    trimmed = evaluate(trim_embedder(minilm, minilm_plan), test_pairs)["spearman"]
     assert abs(trimmed - UNTRIMMED_MINILM_STS) < 0.3
 
 

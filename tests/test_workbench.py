@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from prune_engine import run_manager as rm
 from prune_engine.accounting import Structure, ffn_parameters_per_neuron, size_report
 from prune_engine.config import load_config
 from prune_engine.encoding_cache import CACHE_ENV
 from prune_engine.presets import ORIGINAL_PRESETS, bge_m3_config
-from workbench import ui
+from workbench import exporting, models, runs, settings, ui
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -34,7 +33,7 @@ TINY_RUN = {"cfg.steps": 6, "cfg.batch_size": 4, "cfg.max_length": 32, "cfg.log_
 @pytest.fixture
 def workspace(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "runs"
-    monkeypatch.setenv(rm.WORKSPACE_ENV, str(path))
+    monkeypatch.setenv(runs.WORKSPACE_ENV, str(path))
     return path
 
 
@@ -69,7 +68,7 @@ def test_architecture_sliders_show_the_accounting_sizes(workspace):
     at = open_app()
     assert at.radio(key="cfg.model").value == "MiniLM demo (bundled)"  # no GPU here: the demo by default
     at.radio(key="cfg.target_kind").set_value("Architecture").run()
-    config = rm.model_shape("minilm").config
+    config = models.model_shape("minilm").config
     for layers, heads, ffn, length in ((6, 12, 1536, 512), (4, 8, 768, 512), (2, 3, 96, 128)):
         at.slider(key="cfg.n_layers").set_value(layers)
         at.slider(key="cfg.n_heads").set_value(heads)
@@ -91,7 +90,7 @@ def test_architecture_sliders_show_the_accounting_sizes(workspace):
 def test_budget_slider_spends_the_budget(workspace):
     at = open_app()
     at.slider(key="cfg.budget_percent").set_value(30).run()
-    config = rm.model_shape("minilm").config
+    config = models.model_shape("minilm").config
     full = size_report(config, Structure.of(config)).before.encoder
     shown = int(metric(at, "Encoder parameters after").replace(",", ""))
     budget = round(0.3 * full)
@@ -107,9 +106,9 @@ def test_trimming_the_vocabulary_shrinks_the_embeddings_shown(workspace):
     at.slider(key="cfg.ffn").set_value(1152)
     at.toggle(key="cfg.trim_vocabulary").set_value(True).run()
     assert errors(at) == []
-    plan = rm.vocabulary_plan("minilm", "demo")
+    plan = settings.vocabulary_plan("minilm", "demo")
     assert any(f"keeps {plan.vocab_size:,} of 30,522 tokens" in c.value for c in at.caption)
-    config = rm.model_shape("minilm").config
+    config = models.model_shape("minilm").config
     report = size_report(config, Structure.uniform(4, 9, 1152, plan.vocab_size))
     assert at.dataframe[0].value.loc["embeddings", "after"] == report.after.embeddings
     assert metric(at, "Total parameters after") == f"{report.after.total:,}"
@@ -132,7 +131,7 @@ def test_a_fixed_structure_from_the_settings_shows_its_sizes(workspace, tmp_path
 
     from prune_engine.l0 import StructureMasks
 
-    config = rm.model_shape("minilm").config
+    config = models.model_shape("minilm").config
     masks = StructureMasks(layers=torch.tensor([True] * 5 + [False]), heads=[torch.arange(12) < 6 + i for i in range(6)],
                            ffn=[torch.arange(1536) < 100 * (i + 1) for i in range(6)])
     path = tmp_path / "final_masks.json"
@@ -200,7 +199,7 @@ def test_pages_without_runs_say_what_to_do(workspace):
 
 def wait_until_finished(at: AppTest, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
-    while rm.RunManager(rm.workspace_dir()).active() is not None:
+    while runs.RunManager(runs.workspace_dir()).active() is not None:
         assert time.monotonic() < deadline, "the demo run did not finish in time"
         time.sleep(2)
         at.run()
@@ -220,7 +219,7 @@ def test_demo_run_from_the_train_page_to_export_evaluation_and_similarity(worksp
     # Stopped while the model loads: it saves a checkpoint before its first step; resumed from there.
     at.button(key="train.stop").click().run()
     wait_until_finished(at)
-    (record,) = rm.RunManager(workspace).runs()
+    (record,) = runs.RunManager(workspace).runs()
     assert record.state() == "cancelled" and not at.button(key="train.resume").disabled
     at.button(key="train.resume").click().run()
     assert errors(at) == [] and at.button(key="train.resume").disabled
@@ -291,11 +290,11 @@ def test_demo_run_from_the_train_page_to_export_evaluation_and_similarity(worksp
 
 def test_relative_destinations_stay_in_the_workspace(tmp_path):
     workspace = tmp_path / "ws"
-    assert rm.resolve_destination("exports/a", workspace) == workspace / "exports" / "a"
-    assert rm.resolve_destination(str(tmp_path / "elsewhere"), workspace) == tmp_path / "elsewhere"
+    assert exporting.resolve_destination("exports/a", workspace) == workspace / "exports" / "a"
+    assert exporting.resolve_destination(str(tmp_path / "elsewhere"), workspace) == tmp_path / "elsewhere"
     for bad in ("../a", "exports/../../a", "  "):
-        with pytest.raises(rm.WorkbenchError):
-            rm.resolve_destination(bad, workspace)
+        with pytest.raises(runs.WorkbenchError):
+            exporting.resolve_destination(bad, workspace)
 
 
 def test_an_export_is_listed_zipped_and_loaded_as_shown(tmp_path):
@@ -303,11 +302,11 @@ def test_an_export_is_listed_zipped_and_loaded_as_shown(tmp_path):
     (export / "1_Pooling").mkdir(parents=True)
     (export / "config.json").write_text("{}")
     (export / "1_Pooling" / "config.json").write_text('{"a": 1}')
-    assert rm.directory_listing(export) == [{"file": "1_Pooling/config.json", "bytes": 8},
+    assert exporting.directory_listing(export) == [{"file": "1_Pooling/config.json", "bytes": 8},
                                             {"file": "config.json", "bytes": 2}]
-    names = zipfile.ZipFile(io.BytesIO(rm.zip_directory(export))).namelist()
+    names = zipfile.ZipFile(io.BytesIO(exporting.zip_directory(export))).namelist()
     assert sorted(names) == ["model/1_Pooling/config.json", "model/config.json"]
-    snippet = rm.loading_snippet(export, remote_code=True)
+    snippet = exporting.loading_snippet(export, remote_code=True)
     assert f"SentenceTransformer({str(export)!r}, trust_remote_code=True)" in snippet and len(snippet.splitlines()) == 3
 
 
@@ -316,7 +315,7 @@ def test_a_run_directory_is_read_while_it_is_written(tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 2, "loss/total": 1.0}\n{"step": 4, "loss/to')
     (run / "status.json").write_text(json.dumps({"state": "running", "step": 0, "total_steps": 10, "pid": 0}))
-    record = rm.RunRecord(run)
+    record = runs.RunRecord(run)
     assert [m["step"] for m in record.metrics()] == [2]
     assert record.progress() == (2, 10)
     assert record.state() == "interrupted"  # no process runs it any more
@@ -325,15 +324,15 @@ def test_a_run_directory_is_read_while_it_is_written(tmp_path):
 
 def test_one_run_at_a_time(workspace, monkeypatch):
     release = threading.Event()
-    monkeypatch.setattr(rm, "_train", lambda *args: release.wait(30))
-    manager = rm.RunManager(workspace)
-    config = load_config(rm.DEMO_CONFIG)
+    monkeypatch.setattr(runs, "_train", lambda *args: release.wait(30))
+    manager = runs.RunManager(workspace)
+    config = load_config(settings.DEMO_CONFIG)
     try:
         first = manager.start(config, "first")
         assert manager.active() == first and first.state() == "starting"
-        with pytest.raises(rm.WorkbenchError, match="one run at a time on this device.*'first' is training"):
-            rm.RunManager(workspace.parent / "other").start(config, "second")
-        with pytest.raises(rm.WorkbenchError, match="already exists"):
+        with pytest.raises(runs.WorkbenchError, match="one run at a time on this device.*'first' is training"):
+            runs.RunManager(workspace.parent / "other").start(config, "second")
+        with pytest.raises(runs.WorkbenchError, match="already exists"):
             manager.start(config, "first")
     finally:
         release.set()
@@ -344,8 +343,8 @@ def test_one_run_at_a_time(workspace, monkeypatch):
 
 
 def test_a_failed_start_is_reported_in_the_run_directory(workspace):
-    manager = rm.RunManager(workspace)
-    record = manager.start(load_config(rm.DEMO_CONFIG, ["dataset=/no/such/file.tsv"]), "bad-data")
+    manager = runs.RunManager(workspace)
+    record = manager.start(load_config(settings.DEMO_CONFIG, ["dataset=/no/such/file.tsv"]), "bad-data")
     deadline = time.monotonic() + 60
     while manager.active() is not None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -13,19 +13,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from prune_engine import run_manager as rm
-from prune_engine.config import ConfigError
-from prune_engine.data import DataError
+from prune_engine.cli import ENGINE_ERRORS as CLI_ERRORS
+from prune_engine.config import RunConfig
 from prune_engine.embedder import Embedder
-from prune_engine.export import ExportError
-from prune_engine.sources import ModelSourceError, load_embedder
-from prune_engine.targets import TargetError
-from prune_engine.trainer import TrainingError
-from workbench import charts
+from prune_engine.sources import load_embedder
+from workbench import charts, compare, models, runs, settings
 
 log = logging.getLogger(__name__)
 
-ENGINE_ERRORS = (ConfigError, DataError, ModelSourceError, TargetError, TrainingError, ExportError, rm.WorkbenchError)
+ENGINE_ERRORS = (*CLI_ERRORS, runs.WorkbenchError)
 SETTINGS_PREFIX = "cfg."  # the Configure page's widgets (persist_state="session": kept across pages)
 RUN_KEY = "workbench.run"  # the run the user last picked, shared by the pages
 CONFIG_KEY = "workbench.config"  # the Configure page's RunConfig; None while it has a problem
@@ -34,13 +30,33 @@ REFRESH_S = 1.5  # live view period while a run trains
 
 
 @st.cache_resource(show_spinner=False)
-def _manager(workspace: str) -> rm.RunManager:
-    return rm.RunManager(Path(workspace))
+def _manager(workspace: str) -> runs.RunManager:
+    return runs.RunManager(Path(workspace))
 
 
-def manager() -> rm.RunManager:
+def manager() -> runs.RunManager:
     """One manager per workspace for the whole server: runs outlive sessions and page reloads."""
-    return _manager(str(rm.workspace_dir()))
+    return _manager(str(runs.workspace_dir()))
+
+
+@st.cache_resource(show_spinner="Reading the model's configuration...", ttl=300)
+def shape(source: str) -> tuple[models.ModelShape | None, str]:
+    """(shape, error): a failure is cached too, so an unreachable hub is not retried on every rerun."""
+    try:
+        return models.model_shape(source), ""
+    except ENGINE_ERRORS as error:
+        return None, str(error)
+
+
+def describe_target(config: RunConfig) -> str:
+    """The run's target in words, for this model (a parameter budget with its count)."""
+    model, problem = shape(config.model)
+    if model is None:
+        return problem
+    try:
+        return settings.size_target(config, model).describe()
+    except ENGINE_ERRORS as error:
+        return str(error)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")
@@ -77,7 +93,7 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def pick_run(label: str, finished_only: bool) -> rm.RunRecord:
+def pick_run(label: str, finished_only: bool) -> runs.RunRecord:
     """A select box of the workspace's runs (finished ones: those with an export); stops the page
     with a hint when there is none."""
     runs = [r for r in manager().runs() if r.export_dir or not finished_only]
@@ -92,7 +108,7 @@ def pick_run(label: str, finished_only: bool) -> rm.RunRecord:
     return manager().record(name)
 
 
-def run_status(record: rm.RunRecord) -> str:
+def run_status(record: runs.RunRecord) -> str:
     """Progress, phase and the run's last message; returns the run's state."""
     state = record.state()
     status = record.status()
@@ -119,7 +135,7 @@ def run_status(record: rm.RunRecord) -> str:
     return state
 
 
-def run_charts(record: rm.RunRecord) -> None:
+def run_charts(record: runs.RunRecord) -> None:
     """The run's curves and its latest gates, two charts a row."""
     metrics = record.metrics()
     gates = record.latest_gates()
@@ -135,13 +151,13 @@ def run_charts(record: rm.RunRecord) -> None:
             column.plotly_chart(figure, width="stretch")
 
 
-def run_result(record: rm.RunRecord) -> None:
+def run_result(record: runs.RunRecord) -> None:
     """What a finished run produced: the structure and the sizes, from its export's pruning_info.json."""
     info = record.pruning_info()
     if not info:
         return
     before, after = info["parameters_before"], info["parameters_after"]
-    retained = rm.headline_retained(record.report() or {})
+    retained = runs.headline_retained(record.report() or {})
     kept = f" It keeps {retained:.1%} of the original's score (details on Runs and Evaluate)." if retained else ""
     st.success(f"Exported to `{record.export_dir}`: {info['structure_description']}.{kept}")
     columns = st.columns(3)
@@ -153,7 +169,7 @@ def run_result(record: rm.RunRecord) -> None:
 
 def show_report(report: dict, key: str) -> None:
     """A comparison report (the evaluator's): the figures as a table and the shared ones as a chart."""
-    rows = rm.evaluation_rows(report)
+    rows = compare.evaluation_rows(report)
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True,
                  column_config={"retained": st.column_config.NumberColumn(format="percent")})
     for split, reason in report.get("unavailable", {}).items():

@@ -1,0 +1,145 @@
+"""Everything a run reads before it trains, checked in order of cost.
+
+The run directory is checked first (a finished run, a changed configuration on resume, a folder
+the run did not write), then the data and the documents (seconds), and only then the model
+(20-40 s for BGE-M3): bad input stops the run before anything expensive, and before it writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, latest_usable
+from .config import RunConfig
+from .data import TextCorpus, TrainingData, load_training_data
+from .documents import DocumentSplit, choose_length, load_documents, split_documents
+from .embedder import Embedder
+from .run_dir import RunDirectory, TrainingError
+from .sources import load_embedder
+from .targets import SizeTarget
+
+# Settings that change how a run is logged or reported, not what it trains: a resume may change them.
+RESULT_NEUTRAL_KEYS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "output_dir", "eval_splits",
+                                 "eval_dataset", "eval_batch_size"})
+DEFAULT_LENGTH_CAP = 512  # training length without documents, at most the model's own limit
+
+
+@dataclass
+class RunInputs:
+    data: TrainingData  # the task data (the training documents themselves when there is none)
+    documents: DocumentSplit | None
+    teacher: Embedder
+    target: SizeTarget
+    length: int  # tokens per text in training
+    warnings: list[str]
+
+    @property
+    def source_config(self):
+        return self.teacher.config
+
+    @property
+    def output_heads(self) -> int:
+        return self.teacher.output_head_parameters()
+
+    @property
+    def training_documents(self) -> list[str]:
+        """Documents drawn into every batch for distillation (none when they are the data itself)."""
+        if self.documents is None or isinstance(self.data, TextCorpus) and self.data.source == self.documents.training.source:
+            return []
+        return self.documents.training.texts()
+
+    @property
+    def vocabulary_texts(self) -> list[str]:
+        """What a trimmed vocabulary is counted on: the training texts, never the held-out documents."""
+        return list(dict.fromkeys(self.data.distinct_texts() + self.training_documents))
+
+
+def _differences(saved: RunConfig, wanted: RunConfig, prefix: str = "") -> list[str]:
+    differences = []
+    for spec in dataclasses.fields(saved):
+        key, old, new = prefix + spec.name, getattr(saved, spec.name), getattr(wanted, spec.name)
+        if spec.name in RESULT_NEUTRAL_KEYS and not prefix:
+            continue
+        if dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new):
+            differences += _differences(old, new, key + ".")
+        elif old != new:
+            differences.append(f"{key}: {old!r} -> {new!r}")
+    return differences
+
+
+def check_resumable(directory: RunDirectory, config: RunConfig, resume: bool,
+                    allow_config_change: bool) -> tuple[Checkpoint | None, list[str]]:
+    """The checkpoint to continue from (None: a fresh run), and warnings about checkpoints passed over."""
+    path = directory.path
+    if not resume:
+        if directory.has_checkpoint() or directory.status().get("state") == "done":
+            raise TrainingError(f"{path} already holds a run; resume it (--resume) or choose another output_dir")
+        if (path / "export").exists():
+            raise TrainingError(f"{path / 'export'} already exists and was not written by a run here: move it, "
+                                "or choose another output_dir")
+        return None, []
+    if directory.status().get("state") == "done":
+        raise TrainingError(f"{path} holds a finished run (its export: {path / 'export'}): nothing to resume. "
+                            "To train with other settings, choose another output_dir")
+    checkpoint, skipped = latest_usable(directory.checkpoints)
+    if checkpoint is None:
+        detail = f" ({'; '.join(skipped)})" if skipped else ""
+        raise TrainingError(f"nothing to resume: {directory.checkpoints} holds no readable checkpoint{detail}")
+    saved = directory.config()
+    changed = _differences(saved, config) if saved is not None else []
+    if changed and not allow_config_change:
+        raise TrainingError(
+            f"resuming {path} with other settings would not give the run it started: {'; '.join(changed)}. "
+            "Resume with the run's own settings (its config.yaml), or allow the change (--allow-config-change)"
+        )
+    return checkpoint, [f"passed over an unreadable checkpoint: {reason}" for reason in skipped]
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _read_data(config: RunConfig) -> tuple[TrainingData, DocumentSplit | None]:
+    documents = None
+    if config.documents is not None:
+        documents = split_documents(load_documents(config.documents), config.documents_held_out)
+    if config.dataset is None:
+        data = TextCorpus(documents.training.texts(), documents.training.source)
+    else:
+        data = load_training_data(config.dataset, "train")
+    if len(data) < 2:
+        raise TrainingError(f"{config.dataset}: {len(data)} training example(s); a run needs at least 2")
+    return data, documents
+
+
+def _length(config: RunConfig, teacher: Embedder, documents: DocumentSplit | None, warnings: list[str]) -> int:
+    if config.max_length is not None:
+        return min(config.max_length, teacher.max_length)
+    if documents is None:
+        return min(DEFAULT_LENGTH_CAP, teacher.max_length)
+    choice = choose_length(teacher.tokenizer, documents.training.texts(), teacher.max_length)
+    warnings.append(choice.describe())
+    return choice.length
+
+
+def load_inputs(config: RunConfig) -> RunInputs:
+    _seed_everything(config.seed)
+    data, documents = _read_data(config)
+    teacher = load_embedder(config.model, trust_remote_code=config.trust_remote_code)
+    teacher.requires_grad_(False).eval()
+    target = config.size_target(teacher.config, teacher.output_head_parameters())
+    target.validate(teacher.config, tuple(config.structures))
+    warnings: list[str] = []
+    if documents is None:
+        from .finish import NO_DOCUMENTS_WARNING
+
+        warnings.append(NO_DOCUMENTS_WARNING)
+    length = _length(config, teacher, documents, warnings)
+    return RunInputs(data, documents, teacher, target, length, warnings)

@@ -1,0 +1,72 @@
+"""The Evaluate and Similarity pages' engine side: the original against the pruned model on the
+same texts, scored by the engine's evaluator and timed in turns."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from prune_engine.data import load_eval_data
+from prune_engine.embedder import Embedder
+from prune_engine.encoding_cache import EncodingCache
+from prune_engine.evaluate import compare
+from prune_engine.sources import resolve_model_dir
+
+from .runs import EVALUATION_FILE, RunRecord
+
+SPEED_TEXTS = 256  # texts timed per model for the measured speedup
+
+
+def measure_speedup(original: Embedder, pruned: Embedder, texts: list[str], batch_size: int = 32,
+                    repeats: int = 5) -> dict:
+    """Best wall-clock time of each model encoding the same texts, after a warm-up batch. The two
+    are timed in turns, so a busy machine slows both alike rather than whichever ran second."""
+    for model in (original, pruned):
+        model.encode(texts[:batch_size], batch_size)
+    best = {"original": float("inf"), "pruned": float("inf")}
+    for _ in range(repeats):
+        for name, model in (("original", original), ("pruned", pruned)):
+            start = time.perf_counter()
+            model.encode(texts, batch_size)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {"texts": len(texts), "batch_size": batch_size, "repeats": repeats, "original_s": best["original"],
+            "pruned_s": best["pruned"], "speedup": best["original"] / max(best["pruned"], 1e-9)}
+
+
+def evaluate_run(record: RunRecord, original: Embedder, pruned: Embedder, dataset: str,
+                 splits: tuple[str, ...] = ("test",), batch_size: int = 32) -> dict:
+    """The evaluator's comparison plus a measured speedup on the same data; kept in the run dir.
+    `original` is the run's model as loaded from its source: its encodings are cached on disk, so
+    evaluating a second run pruned from it on the same data encodes only the pruned model."""
+    config = record.config()
+    cache = EncodingCache(resolve_model_dir(config.model), original) if config is not None else None
+    report = compare(original, pruned, dataset, splits, batch_size, original_cache=cache)
+    texts = load_eval_data(dataset, splits[0]).distinct_texts()[:SPEED_TEXTS]
+    result = {"dataset": dataset, "report": report, "speed": measure_speedup(original, pruned, texts, batch_size),
+              "created": time.time()}
+    (record.path / EVALUATION_FILE).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def evaluation_rows(report: dict) -> list[dict]:
+    """The evaluator's report as table rows: split, metric, original, pruned, retained."""
+    return [
+        {"split": split, "metric": name, "original": row.get("original"), "pruned": row["pruned"],
+         "retained": row.get("retained")}
+        for split, block in report["splits"].items()
+        for name, row in block["metrics"].items()
+    ]
+
+
+def similarity_matrix(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    vectors = embedder.encode(texts)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors @ vectors.T
+
+
+def rank_passages(embedder: Embedder, query: str, passages: list[str]) -> list[tuple[int, float]]:
+    """(passage index, cosine) best first."""
+    scores = similarity_matrix(embedder, [query, *passages])[0, 1:]
+    return [(int(i), float(scores[i])) for i in np.argsort(-scores, kind="stable")]

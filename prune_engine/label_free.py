@@ -101,11 +101,13 @@ def _inverse_cloze(text: str, rng: random.Random) -> tuple[str, str] | None:
 
 
 def _pseudo_query(title: str | None, text: str, seed: int) -> tuple[str, str, str] | None:
-    """(rule, query, passage) for one held-out document, or None when it cannot be split.
-    The sentence is drawn from a generator seeded by the seed and the text, so a document keeps its
+    """(rule, query, passage) for one held-out document, or None when it cannot be split. A title-only
+    document is split like an untitled one. The sentence is drawn from a generator seeded by the seed and the text, so a document keeps its
     pseudo-query whichever other documents are held out with it."""
-    if title and title.strip() and text.strip():
-        return "title", title.strip(), text.strip()
+    title = (title or "").strip()
+    body = text.strip().removeprefix(title).strip() if title else ""  # a body that opens with its title: cut it
+    if body:
+        return "title", title, body
     pair = _inverse_cloze(document_text(title, text), random.Random(f"{seed}\0{title}\0{text}"))
     return ("inverse cloze", *pair) if pair else None
 
@@ -195,7 +197,8 @@ def label_free_report(original: Embedder, pruned: Embedder, task: RetrievalTask,
         raise ValueError(f"the original's vectors have {original.config.hidden_size} dimensions and the pruned "
                          f"model's {pruned.config.hidden_size}: compare a model with the one it was pruned from")
     if not task.qrels or any(doc_id not in task.corpus for judged in task.qrels.values() for doc_id in judged):
-        raise DataError(f"{task.source}: every judged passage must be in the corpus; build the task with pseudo_query_task")
+        raise DataError(f"{task.source}: needs judged queries whose passages are all in the corpus; "
+                        "build the task with pseudo_query_task")
     before = encode_data(original, task, batch_size, show_progress, "original", original_cache)
     after = encode_data(pruned, task, batch_size, show_progress, "pruned")
     return {"dataset": DATASET, "splits": {SPLIT: {"source": task.source, "metrics": label_free_rows(task, before, after)}}}

@@ -81,12 +81,24 @@ def test_titled_documents_are_queried_by_their_title_and_judged_on_their_text(sc
     held_out, rest = split_held_out(scifact_documents, 0.05, seed=0)
     task = pseudo_query_task(held_out, rest, source="SciFact")
     assert len(task.queries) == len(held_out) == 259
+    opening_with_title = 0
     for index, (title, text) in enumerate(held_out):
         assert task.queries[f"q{index}"] == title.strip()
-        assert task.corpus[f"p{index}"] == text.strip()
+        opening_with_title += text.startswith(title)
+        assert task.corpus[f"p{index}"] == text.removeprefix(title).strip()
         assert task.qrels[f"q{index}"] == {f"p{index}": 1}
+    assert opening_with_title == 2, "two abstracts (a review of ggplot2, one more) open with their title"
     assert not set(task.corpus.values()) & {document_text(*doc) for doc in held_out}, "no passage keeps its title"
     assert "259 titles, 0 inverse cloze" in task.source and task.source.startswith("SciFact: ")
+
+
+def test_a_body_that_opens_with_its_title_loses_it_and_a_title_alone_is_split_by_inverse_cloze():
+    task = pseudo_query_task([("Pruning", "Pruning\nremoves heads and neurons."),
+                              ("A title with no body at all", "  "), (" ", "Only a body, with no title at all here.")], [])
+    assert (task.queries["q0"], task.corpus["p0"]) == ("Pruning", "removes heads and neurons.")
+    assert (task.queries["q1"], task.corpus["p1"]) == ("A title with", "no body at all")
+    assert (task.queries["q2"], task.corpus["p2"]) == ("Only a body, with", "no title at all here.")
+    assert "1 titles, 2 inverse cloze" in task.source
 
 
 def test_untitled_documents_give_an_inverse_cloze_sentence_not_left_in_the_passage(trec_passages):

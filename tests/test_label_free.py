@@ -27,9 +27,10 @@ from prune_engine.label_free import (
     top_k_agreement,
 )
 from prune_engine.prune import prune_embedder
-from prune_engine.run_manager import evaluation_rows, headline_retained
 from prune_engine.sources import resolve_model_dir
 from tests.conftest import require_data
+from workbench.compare import evaluation_rows
+from workbench.runs import headline_retained
 
 N_PASSAGES = 200  # TREC DL passages for the model tests: 40 pseudo-queries among 200 passages
 

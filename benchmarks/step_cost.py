@@ -12,7 +12,7 @@ Steps are interleaved (plain, pruning, plain, ...) and medians reported, so mach
 
 CPU: the real all-MiniLM-L6-v2, batch 16 pairs, length 128, fp32.
 GPU (when CUDA is present): BGE-M3's shape with random weights and BGE-M3's sparse / ColBERT
-heads, batch 16, length 512, bf16 autocast, gradient checkpointing as configs/bge_m3.yaml sets
+heads, batch 16, length 512, bf16 autocast, gradient checkpointing as configs/bge_m3_18_12_3072.yaml sets
 it; with peak memory.
 
     python benchmarks/step_cost.py             # CUDA if present, else CPU
@@ -38,14 +38,15 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prune_engine.batches import Batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
 from prune_engine.embedder import Embedder  # noqa: E402
 from prune_engine.l0 import L0Masks  # noqa: E402
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel  # noqa: E402
+from prune_engine.objective import PruningObjective, weights_and_gates_optimizer  # noqa: E402
 from prune_engine.presets import bge_m3_config  # noqa: E402
 from prune_engine.sources import load_embedder  # noqa: E402
 from prune_engine.targets import Lagrangian  # noqa: E402
-from prune_engine.trainer import Batch, PruningObjective, weights_and_gates_optimizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 2**30
@@ -72,7 +73,7 @@ class Step:
             target = config.size_target(student.config, student.output_head_parameters())
             masks = L0Masks(student.config, tuple(config.structures)).to(device)
             lagrangian = Lagrangian(target.constraint_names()).to(device)
-        self.objective = PruningObjective(student, config, masks, lagrangian, target).to(device)
+        self.objective = PruningObjective(student, config, "scored_pairs", masks, lagrangian, target).to(device)
         self.weights = [p for p in student.parameters() if p.requires_grad]
         self.optimizers = [weights_and_gates_optimizer(student, masks, config)]
         if lagrangian is not None:
@@ -115,7 +116,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if device.type == "cuda":
-        config = load_config(ROOT / "configs" / "bge_m3.yaml", ["batch_size=16", "max_length=512"])
+        config = load_config(ROOT / "configs" / "bge_m3_18_12_3072.yaml", ["batch_size=16", "max_length=512"])
         teacher, model_name = random_bge_m3(), "BGE-M3 shape (random weights), 18/12/3072 target"
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     else:

@@ -4,7 +4,8 @@ a CPU, and it is the same every time).
 
 An entry is keyed by the model directory's files (name, size, modification time), the settings
 that change vectors (pooling, normalisation, max length) and the texts themselves; any change to
-one of them is a miss, never a stale hit. Entries are written to a temporary file and renamed, so
+one of them is a miss, never a stale hit. An entry is a numpy .npz read without pickle (arrays
+and JSON text only: a planted file cannot run code), written to a temporary file and renamed, so
 an interrupted write leaves no half entry. The cache lives in `$PRUNE_ENGINE_CACHE/encodings`
 (default `~/.cache/prune_engine/encodings`); deleting the folder is always safe.
 """
@@ -12,10 +13,13 @@ an interrupted write leaves no half entry. The cache lives in `$PRUNE_ENGINE_CAC
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 CACHE_ENV = "PRUNE_ENGINE_CACHE"
 
@@ -55,23 +59,50 @@ class EncodingCache:
             digest.update(f"\0part {name} {len(texts)}\0".encode())
             for text in texts:
                 digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
-        return self.folder / f"{digest.hexdigest()}.pkl"
+        return self.folder / f"{digest.hexdigest()}.npz"
 
     def get(self, parts: Mapping[str, list[str]]) -> dict | None:
         path = self.path_for(parts)
         if not path.is_file():
             return None
         try:
-            with path.open("rb") as handle:
-                return pickle.load(handle)
-        except (OSError, EOFError, pickle.UnpicklingError):
+            with np.load(path, allow_pickle=False) as stored:
+                return {part: _decode(stored, part) for part in parts}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None  # unreadable entry: encode again, and the new entry replaces it
 
     def put(self, parts: Mapping[str, list[str]], encoded: dict) -> dict:
         path = self.path_for(parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        with partial.open("wb") as handle:
-            pickle.dump(encoded, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        partial.replace(path)
+        arrays = {key: value for part, item in encoded.items() for key, value in _encode(part, item).items()}
+        try:
+            with partial.open("wb") as handle:
+                np.savez(handle, **arrays)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
         return encoded
+
+
+def _encode(part: str, encoded) -> dict[str, np.ndarray]:
+    """One part's outputs as plain arrays: dense (n, dim); multi-vectors concatenated with their
+    lengths; lexical weights as JSON text."""
+    arrays = {f"{part}/dense": np.asarray(encoded.dense)}
+    if encoded.colbert is not None:
+        arrays[f"{part}/colbert"] = np.concatenate(encoded.colbert)
+        arrays[f"{part}/colbert_lengths"] = np.array([len(v) for v in encoded.colbert])
+    if encoded.sparse is not None:
+        arrays[f"{part}/sparse"] = np.array(json.dumps(encoded.sparse))
+    return arrays
+
+
+def _decode(stored, part: str):
+    from .evaluate import Encoded
+
+    colbert = None
+    if f"{part}/colbert" in stored:
+        ends = np.cumsum(stored[f"{part}/colbert_lengths"])
+        colbert = np.split(stored[f"{part}/colbert"], ends[:-1])
+    sparse = json.loads(str(stored[f"{part}/sparse"])) if f"{part}/sparse" in stored else None
+    return Encoded(stored[f"{part}/dense"], sparse, colbert)

@@ -15,11 +15,13 @@ from .config import RunConfig
 from .data import DataError
 from .documents import DocumentSplit
 from .embedder import Embedder
+from .encoding_cache import EncodingCache
 from .evaluate import compare, format_report
 from .export import export_embedder, pruning_info
 from .l0 import StructureMasks
 from .prune import kept_indices
 from .run_dir import RunDirectory
+from .sources import resolve_model_dir
 
 NO_DOCUMENTS_WARNING = (
     "No documents were given, so retrieval on your own data is not protected and not measured: the model "
@@ -50,10 +52,13 @@ def run_report(config: RunConfig, teacher: Embedder, student: Embedder, document
     """report.json: the evaluation data's figures per split, the documents' label-free figures."""
     report: dict = {"dataset": config.eval_dataset or config.dataset, "splits": {}, "unavailable": {},
                     "warnings": [], "timings_s": timings}
+    # The original's encodings are the same for every run pruned from it: read them from the cache.
+    cache = EncodingCache(resolve_model_dir(config.model), teacher)
     if report["dataset"] is not None:
         for split in config.eval_splits:
             try:
-                part = compare(teacher, student, report["dataset"], (split,), config.eval_batch_size)
+                part = compare(teacher, student, report["dataset"], (split,), config.eval_batch_size,
+                               original_cache=cache)
             except DataError as error:  # a split the data set does not have (offline, say)
                 report["unavailable"][split] = str(error)
                 continue
@@ -65,7 +70,7 @@ def run_report(config: RunConfig, teacher: Embedder, student: Embedder, document
 
         task = pseudo_query_task([(d.title, d.text) for d in documents.held_out.documents], documents.training.texts(),
                                  source=documents.held_out.source)
-        report["documents"] = label_free_report(teacher, student, task, config.eval_batch_size)
+        report["documents"] = label_free_report(teacher, student, task, config.eval_batch_size, original_cache=cache)
     return report
 
 

@@ -58,3 +58,32 @@ def test_an_unreadable_entry_is_a_miss_and_is_replaced(tmp_path):
     assert cache.get(PARTS) is None
     cache.put(PARTS, encodings())
     assert cache.get(PARTS)["documents"].dense.shape == (2, 4)
+
+
+def test_multi_vector_and_lexical_outputs_round_trip(tmp_path):
+    cache = EncodingCache(model_dir(tmp_path), settings(has_multi_output=True), root=tmp_path / "cache")
+    colbert = [np.arange(6, dtype=np.float32).reshape(3, 2), np.ones((1, 2), np.float32)]
+    stored = {"queries": Encoded(np.ones((1, 2), np.float32), [{"▁claim": 0.5}], colbert[:1]),
+              "documents": Encoded(np.zeros((2, 2), np.float32), [{"▁first": 0.2}, {}], colbert)}
+    cache.put(PARTS, stored)
+    again = cache.get(PARTS)
+    assert again["documents"].sparse == [{"▁first": 0.2}, {}] and again["queries"].sparse == [{"▁claim": 0.5}]
+    assert [v.tolist() for v in again["documents"].colbert] == [v.tolist() for v in colbert]
+
+
+def test_a_planted_pickle_is_never_executed(tmp_path):
+    """A file planted where an entry belongs is read as data or not at all: it cannot run code."""
+    import pickle
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    cache = EncodingCache(model_dir(tmp_path), settings(), root=tmp_path / "cache")
+    path = cache.path_for(PARTS)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(pickle.dumps(Payload()))
+    assert cache.get(PARTS) is None
+    assert not marker.exists()

@@ -211,11 +211,11 @@ def test_eval_command_reads_the_originals_encodings_from_its_cache(run_dir, sts_
 
     first = report()
     assert encode_calls == ["original: sentences 1", "original: sentences 2", "pruned: sentences 1", "pruned: sentences 2"]
-    assert len(list((tmp_path / "cache" / "encodings").glob("*.pkl"))) == 1
+    assert len(list((tmp_path / "cache" / "encodings").glob("*.npz"))) == 1
     second = report()
     assert encode_calls == ["pruned: sentences 1", "pruned: sentences 2"]
     assert second["splits"] == first["splits"]
     assert report("--no-cache")["splits"] == first["splits"] and len(encode_calls) == 4
     # Another length changes the vectors, so it is a miss (and a second entry), not a stale hit.
     report("--max-length", 16)
-    assert len(encode_calls) == 4 and len(list((tmp_path / "cache" / "encodings").glob("*.pkl"))) == 2
+    assert len(encode_calls) == 4 and len(list((tmp_path / "cache" / "encodings").glob("*.npz"))) == 2

@@ -267,7 +267,7 @@ def test_demo_run_from_the_train_page_to_export_evaluation_and_similarity(worksp
     assert "spearman" in rows["metric"].tolist()
     assert record.evaluation()["speed"]["texts"] > 0
     # The original's encodings of the demo data, for the next run evaluated on it.
-    assert len(list((tmp_path / "cache" / "encodings").glob("*.pkl"))) == 1
+    assert len(list((tmp_path / "cache" / "encodings").glob("*.npz"))) == 1
 
     at.switch_page("pages/similarity.py").run()
     assert errors(at) == []

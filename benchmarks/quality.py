@@ -1,46 +1,37 @@
-"""Quality against the alternatives, at the same parameter count, data and step budget.
+"""Quality against the simpler alternatives, on the default documents recipe, at several sizes.
 
-For each target (share of MiniLM's encoder parameters kept), on STS-B train (dev for choices):
-  1. L0 pruning with distillation (this project),
-  2. keeping evenly spaced / first layers, no training,
-  3. the same layer drop followed by the same distillation,
-  4. one-shot gradient importance of heads and neurons (Michel et al. 2019) + the same distillation,
-  5. for reference, the unpruned model trained with the same data and budget.
-Reported on STS-B test (Spearman) and SciFact test (nDCG@10), with parameters, retained fractions,
-the measured encoding speedup and wall time. Writes benchmarks/results/quality.json and prints the
-markdown table that benchmarks/RESULTS.md holds.
+Every trained row is the product's default recipe (configs/minilm_documents.yaml: distil on the
+documents served, STS-B train pairs as optional task data at weight 0.03, token distillation),
+on the bundled MiniLM, with the same data, steps and evaluation; only the way the structure is
+chosen differs:
+  l0                    L0 masks learned with distillation (this project), heads and neurons;
+  layer_drop            evenly spaced whole layers, no training (a floor);
+  layer_drop_distilled  the same layers, then the same distillation;
+  importance            heads and neurons by one-shot gradient importance (Michel et al. 2019),
+                        then the same distillation;
+  unpruned              the whole model so trained (a ceiling; the target does not apply).
+Targets are shares of the encoder kept (--keep); every trained row runs with each --seeds.
+Documents (--documents): SciFact's abstracts or TREC DL 2019's passages, no labels; a model
+distilled on one is scored on both, so the other column shows a corpus it was not tuned on.
+Scores: STS-B test Spearman, SciFact test and TREC DL 2019 nDCG@10 (and pruned queries against
+the original's document vectors), the run's own label-free retention on its held-out documents,
+and the measured speedup.
 
-    python benchmarks/quality.py     # both targets, 300 steps per trained method, STS-B and SciFact
-    python benchmarks/quality.py --name quality_passages \
-        --set distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.1
-        # every trained method also distils on MS MARCO passages, the task loss at a tenth
-        # (results/quality_passages.json, runs in runs/quality_passages/)
-    python benchmarks/quality.py --name quality_passages_t003 \
-        --set distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.03
-        # the same with the task loss at 0.03: the table RESULTS.md leads with
-    python benchmarks/quality.py --name quality_tokens_width --methods l0 --set \
-        distill_dataset=../shared/data/msmarco/trec_dl2019_pairs_rel2plus.jsonl loss.task=0.03 \
-        loss.distill_tokens=1 "structures=[heads,ffn]"
-        # L0 pruning heads and neurons only, with token distillation (add --steps 1000 for the longer budget)
-    python benchmarks/quality.py --name quality_corpus --methods l0 layer_drop_distilled importance --set \
-        distill_dataset=../shared/data/scifact/corpus.jsonl loss.task=0.03 loss.distill_tokens=1 \
-        "structures=[heads,ffn]" max_length=256
-        # distilling on the documents served (SciFact's abstracts, no labels): the current figures
-    python benchmarks/quality.py --name quality_passages_t003 --table   # print a results file's table
+    python benchmarks/quality.py --documents scifact --keep 0.5 --methods l0 --seeds 42 1
+    python benchmarks/quality.py --table          # the table RESULTS.md leads with
+    python benchmarks/quality.py --plot           # results/quality_documents_curve.png
 
-A finished run already in the run directory is reused, not trained again, so an interrupted
-benchmark goes on where it stopped.
-
-The about-70%-removed target keeps exactly a third of the encoder: two of MiniLM's six layers, so
-the layer-drop rows have the same parameter count as the others to the parameter.
+Steps: 1,000 at half the encoder and for the unpruned row, 600 otherwise (--steps overrides).
+Finished runs in runs/<name>/ are reused and rows are saved as soon as measured, so invocations
+can run side by side (one thread each) and an interrupted table goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,167 +41,247 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prune_engine.batches import make_batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
 from prune_engine.data import load_eval_data, load_training_data  # noqa: E402
-from prune_engine.evaluate import evaluate  # noqa: E402
+from prune_engine.encoding_cache import EncodingCache  # noqa: E402
+from prune_engine.evaluate import compare  # noqa: E402
 from prune_engine.importance import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget  # noqa: E402
-from prune_engine.l0 import StructureMasks  # noqa: E402
 from prune_engine.prune import prune_embedder  # noqa: E402
-from prune_engine.sources import load_embedder  # noqa: E402
+from prune_engine.sources import load_embedder, resolve_model_dir  # noqa: E402
 from prune_engine.targets import ParameterBudget  # noqa: E402
-from prune_engine.trainer import PruningRun, make_batch  # noqa: E402
+from prune_engine.trainer import PruningRun  # noqa: E402
 
-BASE_CONFIG = ROOT / "configs" / "stsb_minilm_half.yaml"
+BASE_CONFIG = ROOT / "configs" / "minilm_documents.yaml"
+DATA = ROOT.parent / "shared" / "data"
+DOCUMENTS = {"scifact": DATA / "scifact" / "corpus.jsonl", "trec": DATA / "msmarco" / "trec-dl-2019-beir" / "corpus.jsonl"}
+RETRIEVAL = {"scifact": "mteb/scifact", "trec": str(DATA / "msmarco" / "trec-dl-2019-beir")}
 METHODS = ("l0", "layer_drop", "layer_drop_distilled", "importance", "unpruned")
-TRAINING: list[str] = []  # config overrides every trained method shares (--set)
+RESULTS = ROOT / "benchmarks" / "results"
+MIXED = "pruned_queries_original_index/ndcg_at_10"
 
 
 def encoder_parameters(embedder) -> int:
     return sum(p.numel() for n, p in embedder.encoder.named_parameters() if not n.startswith("embeddings."))
 
 
-def score(embedder, original, sts_test, scifact, wall_s: float) -> dict:
-    texts = sts_test.sentences1[:512]
-    timings = []
-    for model in (original, embedder, original, embedder):  # interleaved, so load affects both alike
+def measured_speedup(original, pruned, texts: list[str]) -> float:
+    timings = {"original": 0.0, "pruned": 0.0}
+    for name, model in [("original", original), ("pruned", pruned)] * 2:  # interleaved: load hits both alike
         start = time.perf_counter()
         model.encode(texts, batch_size=32)
-        timings.append(time.perf_counter() - start)
-    result = {
-        "encoder_parameters": encoder_parameters(embedder),
-        "total_parameters": sum(p.numel() for p in embedder.encoder.parameters()),
-        "stsb_test_spearman": evaluate(embedder, sts_test)["spearman"],
-        "measured_speedup": (timings[0] + timings[2]) / (timings[1] + timings[3]),
-        "wall_s": wall_s,
-    }
-    if scifact is not None:
-        embedder.max_length = 256
-        result["scifact_ndcg_at_10"] = evaluate(embedder, scifact)["ndcg_at_10"]
-        embedder.max_length = original.max_length
-    return result
+        timings[name] += time.perf_counter() - start
+    return timings["original"] / timings["pruned"]
 
 
-def row_order(name: str) -> tuple:
-    """original, the unpruned reference, then per target (most kept first) methods 1-4."""
-    if name == "original":
-        return (0,)
-    kept = int(name.rsplit("(keep", 1)[1].rstrip(")")) if "(keep" in name else 101
-    return (1, -kept, name)
+class Scorer:
+    """Scores a model against the original; the original's encodings come from the disk cache."""
+
+    def __init__(self):
+        self.original = load_embedder("minilm")
+        self.cache = EncodingCache(resolve_model_dir("minilm"), self.original)
+        self.sts_texts = load_eval_data("sts", "test").sentences1[:512]
+
+    def __call__(self, model, run_dir: Path | None, wall_s: float) -> dict:
+        row = {"encoder_parameters": encoder_parameters(model), "wall_s": wall_s,
+               "measured_speedup": measured_speedup(self.original, model, self.sts_texts)}
+        sts = compare(self.original, model, "sts", ("test",), original_cache=self.cache)["splits"]["test"]["metrics"]
+        row["stsb"] = sts["spearman"]["pruned"]
+        for name, dataset in RETRIEVAL.items():
+            figures = compare(self.original, model, dataset, ("test",), original_cache=self.cache)["splits"]["test"]["metrics"]
+            row[name] = figures["ndcg_at_10"]["pruned"]
+            row[f"{name}_index"] = figures[MIXED]["pruned"]
+        report = json.loads((run_dir / "report.json").read_text()) if run_dir and (run_dir / "report.json").is_file() else {}
+        held_out = report.get("documents", {}).get("splits", {}).get("held_out", {}).get("metrics", {})
+        if held_out:
+            row["label_free_retained"] = held_out["ndcg_at_10"]["retained"]
+            row["label_free_agreement"] = held_out["top10_agreement"]["pruned"]
+        return row
+
+    def reference(self) -> dict:
+        row = self(self.original, None, 0.0)
+        row["measured_speedup"] = 1.0
+        return row
 
 
-def markdown_table(rows: dict[str, dict]) -> str:
-    base = rows["original"]
-    lines = ["| method | encoder params | total params | STS-B test | retained | SciFact nDCG@10 | retained "
-             "| measured speedup | wall |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in sorted(rows, key=row_order):
-        row = rows[name]
-        scifact_cells = (f"{row['scifact_ndcg_at_10']:.2f} | {row['scifact_ndcg_at_10'] / base['scifact_ndcg_at_10']:.1%}"
-                         if "scifact_ndcg_at_10" in row else "– | –")
-        lines.append(f"| {name} | {row['encoder_parameters']:,} | {row['total_parameters']:,} | "
-                     f"{row['stsb_test_spearman']:.2f} | {row['stsb_test_spearman'] / base['stsb_test_spearman']:.1%} | "
-                     f"{scifact_cells} | {row['measured_speedup']:.2f}x | {row['wall_s']:.0f} s |")
-    return "\n".join(lines)
-
-
-def trained(name: str, out: Path, overrides: list[str]):
-    run_dir = out / name
+def train(run_dir: Path, overrides: list[str]) -> tuple[object, float]:
+    """Trains (or reuses the finished run in) `run_dir`; returns its export and its wall time."""
     status = run_dir / "status.json"
     if status.is_file() and json.loads(status.read_text())["state"] == "done":
-        metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
-        print(f"{name}: reusing the finished run in {run_dir}", flush=True)
-        return load_embedder(str(run_dir / "export"), trust_remote_code=True), json.loads(metrics[-1])["elapsed_s"]
+        print(f"{run_dir.name}: reusing the finished run", flush=True)
+        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        return load_embedder(str(run_dir / "export"), trust_remote_code=True), last["elapsed_s"]
     start = time.perf_counter()
-    config = load_config(BASE_CONFIG, [f"output_dir={run_dir}", "eval_splits=[]", *TRAINING, *overrides])
-    result = PruningRun(config, show_progress=True).run()
+    config = load_config(BASE_CONFIG, [f"output_dir={run_dir}", "eval_splits=[]", *overrides])
+    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    result = PruningRun(config, show_progress=True).run(resume=resume)
     return load_embedder(str(result.export_dir), trust_remote_code=True), time.perf_counter() - start
 
 
-def fixed(name: str, out: Path, masks: StructureMasks, steps: str):
-    masks_file = out / f"{name}.masks.json"
-    masks_file.write_text(json.dumps(masks.as_dict()))
-    return trained(name, out, [f"max_duration={steps}", f"fixed_masks={masks_file}", "target_params=null"])
+def importance_masks(original, budget: int):
+    """Head and neuron importance from 50 batches of 32 STS-B train pairs (the recipe's task data)."""
+    pairs = load_training_data("sts", "train")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = [make_batch(pairs, order[i : i + 32]) for i in range(0, 32 * 50, 32)]
+    return masks_for_budget(original.config, gradient_importance(original, batches), budget)
+
+
+def structure_overrides(method: str, keep: float, masks_dir: Path, original) -> list[str] | None:
+    """The config overrides that make a method's structure (None: the method is not trained)."""
+    config = original.config
+    if method == "l0":
+        return [f"target_params.fraction={keep}"]
+    if method == "unpruned":
+        masks = layer_drop_masks(config, list(range(config.num_hidden_layers)))
+    elif method == "layer_drop_distilled":
+        masks = layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, max(1, round(config.num_hidden_layers * keep))))
+    elif method == "importance":
+        masks = importance_masks(original, ParameterBudget.from_fraction(config, keep).parameters)
+    else:
+        return None
+    path = masks_dir / f"{method}_keep{round(keep * 100)}.masks.json"
+    path.write_text(json.dumps(masks.as_dict()))
+    return [f"fixed_masks={path}", "target_params=null"]
+
+
+def row_key(documents: str, method: str, keep: float, seed: int | None) -> str:
+    keep_text = "all" if method == "unpruned" else f"keep{round(keep * 100)}"
+    return f"{documents}/{method}/{keep_text}" + (f"/seed{seed}" if seed is not None else "")
+
+
+def load_rows(results: Path) -> dict:
+    return json.loads(results.read_text())["rows"] if results.is_file() else {}
+
+
+def save_row(results: Path, key: str, row: dict, machine: str) -> None:
+    """Re-reads the file first, so invocations for other rows can run beside this one."""
+    rows = {**load_rows(results), key: row}
+    partial = results.with_suffix(".json.partial")
+    partial.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    partial.replace(results)
+    print(f"{key}: {row}", flush=True)
+
+
+FIGURES = (("stsb", "STS-B"), ("scifact", "SciFact"), ("scifact_index", "SciFact, old index"),
+           ("trec", "TREC DL"), ("trec_index", "TREC DL, old index"), ("label_free_retained", "label-free kept"))
+
+
+def summary(rows: dict) -> dict[str, dict]:
+    """(documents/method/target) -> per figure: the seeds' mean and spread (max - min)."""
+    groups: dict[str, list[dict]] = {}
+    for key, row in rows.items():
+        groups.setdefault(key.rsplit("/seed", 1)[0], []).append(row)
+    out = {}
+    for group, members in groups.items():
+        out[group] = {"seeds": len(members), "encoder_parameters": members[0]["encoder_parameters"]}
+        for figure, _ in (*FIGURES, ("measured_speedup", "")):
+            values = [m[figure] for m in members if figure in m]
+            if values:
+                out[group][figure] = (statistics.mean(values), max(values) - min(values))
+    return out
+
+
+def markdown_table(rows: dict) -> str:
+    groups = summary(rows)
+    original = groups.get("original", {})
+    header = ["rows", "encoder params", "seeds", *(label for _, label in FIGURES), "speedup"]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for group in sorted(groups, key=lambda g: (g != "original", g.split("/")[0], -groups[g]["encoder_parameters"], g)):
+        cells = [group, f"{groups[group]['encoder_parameters']:,}", str(groups[group]["seeds"])]
+        for figure, _ in FIGURES:
+            if figure not in groups[group]:
+                cells.append("–")
+                continue
+            mean, spread = groups[group][figure]
+            base = original.get(figure, (None,))[0]
+            kept = f" ({mean / base:.1%})" if base and figure != "label_free_retained" else ""
+            value = f"{mean:.1%}" if figure == "label_free_retained" else f"{mean:.2f}"
+            cells.append(value + (f" ±{spread / 2:.2f}" if groups[group]["seeds"] > 1 and figure != "label_free_retained" else "") + kept)
+        cells.append(f"{groups[group]['measured_speedup'][0]:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: dict, path: Path) -> None:
+    """Retained share of the original against the share of the encoder kept, one line per method,
+    the seeds' range as error bars; one panel per figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = summary(rows)
+    original = groups["original"]
+    full = original["encoder_parameters"]
+    figures = [("stsb", "STS-B test"), ("scifact", "SciFact nDCG@10"), ("trec", "TREC DL 2019 nDCG@10")]
+    documents = sorted({g.split("/")[0] for g in groups if g != "original"})
+    fig, axes = plt.subplots(len(documents), 3, figsize=(14, 4.2 * len(documents)), squeeze=False)
+    for row_axes, docs in zip(axes, documents, strict=True):
+        for axis, (figure, title) in zip(row_axes, figures, strict=True):
+            for method in ("l0", "layer_drop_distilled", "importance", "layer_drop", "unpruned"):
+                points = sorted((g["encoder_parameters"] / full, *g[figure]) for name, g in groups.items()
+                                if name.startswith(f"{docs}/{method}/") and figure in g)
+                if points:
+                    x, mean, spread = zip(*points, strict=True)
+                    axis.errorbar(x, [100 * m / original[figure][0] for m in mean],
+                                  yerr=[50 * s / original[figure][0] for s in spread], marker="o", capsize=3, label=method)
+            axis.set(title=f"{title} (documents: {docs})", xlabel="share of the encoder kept", ylabel="% of the original")
+            axis.grid(alpha=0.3)
+        row_axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 1 / 3], help="share of encoder parameters kept")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of every trained method")
-    parser.add_argument("--no-scifact", action="store_true", help="skip SciFact (5183 documents per model)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every trained method, e.g. distill_dataset=... loss.task=0.1")
-    parser.add_argument("--name", default="quality", help="results/<name>.json and runs/<name>/")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="measure only these; rows already in results/<name>.json are kept")
+    parser.add_argument("--documents", nargs="+", choices=sorted(DOCUMENTS), default=["scifact"])
+    parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 1 / 3])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
+    parser.add_argument("--steps", type=int, help="steps of every trained row (default: 1000 at half and unpruned, else 600)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every trained row")
+    parser.add_argument("--name", default="quality_documents", help="results/<name>.json and runs/<name>/")
     parser.add_argument("--table", action="store_true", help="print the table of results/<name>.json and stop")
+    parser.add_argument("--plot", action="store_true", help="draw results/<name>_curve.png and stop")
     args = parser.parse_args()
-    results_file = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    if args.table:
-        print(markdown_table(json.loads(results_file.read_text())["rows"]))
+    results = RESULTS / f"{args.name}.json"
+    if args.table or args.plot:
+        if args.plot:
+            plot(load_rows(results), RESULTS / f"{args.name}_curve.png")
+        print(markdown_table(load_rows(results)))
         return
-    TRAINING.extend(args.set)
-    args.out = ROOT / "runs" / args.name
-    args.out.mkdir(parents=True, exist_ok=True)
-    steps = f"{args.steps}ba"
+    runs = ROOT / "runs" / args.name
+    runs.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    command = " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])
+    scorer = Scorer()
+    if "original" not in load_rows(results):
+        save_row(results, "original", scorer.reference(), machine)
+    for documents in args.documents:
+        for keep in ([1.0] if args.methods == ["unpruned"] else args.keep):
+            for method in args.methods:
+                if method == "unpruned" and keep != args.keep[0]:
+                    continue
+                overrides = structure_overrides(method, keep, runs, scorer.original)
+                steps = args.steps or (1000 if method == "unpruned" or abs(keep - 0.5) < 1e-9 else 600)
+                for seed in (args.seeds if overrides is not None else [None]):
+                    key = row_key(documents, method, keep, seed)
+                    if key in load_rows(results):
+                        continue
+                    if overrides is None:  # untrained layer drop
+                        layers = evenly_spaced(scorer.original.config.num_hidden_layers,
+                                               max(1, round(scorer.original.config.num_hidden_layers * keep)))
+                        model = prune_embedder(scorer.original, layer_drop_masks(scorer.original.config, layers))
+                        row, run_dir = scorer(model, None, 0.0), None
+                    else:
+                        run_dir = runs / key.replace("/", "_")
+                        model, wall = train(run_dir, [f"documents={DOCUMENTS[documents]}", f"seed={seed}",
+                                                      f"max_duration={steps}ba", *overrides, *args.set])
+                        row = scorer(model, run_dir, wall)
+                    save_row(results, key, {**row, "steps": steps if run_dir else 0, "command": command,
+                                            "run_dir": str(run_dir.relative_to(ROOT)) if run_dir else None}, machine)
+    print(markdown_table(load_rows(results)))
 
-    original = load_embedder("minilm")
-    config = original.config
-    sts_test = load_eval_data("sts", "test")
-    scifact = None if args.no_scifact else load_eval_data("mteb/scifact", "test")
-    results_file.parent.mkdir(exist_ok=True)
-    header = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])}
-
-    def saved_rows() -> dict[str, dict]:
-        return json.loads(results_file.read_text())["rows"] if results_file.is_file() else {}
-
-    def record(name: str, row: dict) -> None:
-        """Each row is saved as soon as it is measured, so a long benchmark keeps what it finished;
-        the file is re-read first, so invocations for other targets can run beside this one."""
-        rows = {**saved_rows(), name: {**row, "command": header["command"]}}
-        partial = results_file.with_suffix(".json.partial")
-        partial.write_text(json.dumps({"machine": header["machine"], "rows": rows}, indent=2))
-        partial.replace(results_file)
-        print(f"{name}: {row}", flush=True)
-
-    if "original" not in saved_rows():
-        record("original", score(original, original, sts_test, scifact, 0.0))
-
-    if "unpruned" in args.methods:
-        everything = layer_drop_masks(config, list(range(config.num_hidden_layers)))
-        model, wall = fixed("unpruned_trained", args.out, everything, steps)
-        record("5. unpruned, same training", score(model, original, sts_test, scifact, wall))
-
-    @functools.cache
-    def importance() -> dict:
-        """Head and neuron importance from 50 batches of 32 STS-B train pairs."""
-        train = load_training_data("sts", "train")
-        order = torch.randperm(len(train.sentences1), generator=torch.Generator().manual_seed(0)).tolist()
-        return gradient_importance(original, [make_batch(train, order[i : i + 32]) for i in range(0, 32 * 50, 32)])
-
-    for keep in args.keep:
-        tag = f"keep{round(keep * 100)}"
-        budget = ParameterBudget.from_fraction(config, keep).parameters
-        n_layers = max(1, round(config.num_hidden_layers * keep))
-        if "l0" in args.methods:
-            model, wall = trained(f"l0_{tag}", args.out, [f"target_params.fraction={keep}", f"max_duration={steps}"])
-            record(f"1. L0 + distillation ({tag})", score(model, original, sts_test, scifact, wall))
-        if "layer_drop" in args.methods:
-            for label, layers in (("evenly spaced", evenly_spaced(config.num_hidden_layers, n_layers)),
-                                  ("first", list(range(n_layers)))):
-                start = time.perf_counter()
-                dropped = prune_embedder(original, layer_drop_masks(config, layers))
-                record(f"2. {label} {n_layers} layers, no training ({tag})", score(
-                    dropped, original, sts_test, scifact, time.perf_counter() - start))
-        if "layer_drop_distilled" in args.methods:
-            masks = layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, n_layers))
-            model, wall = fixed(f"layerdrop_{tag}", args.out, masks, steps)
-            record(f"3. evenly spaced {n_layers} layers + distillation ({tag})",
-                   score(model, original, sts_test, scifact, wall))
-        if "importance" in args.methods:
-            model, wall = fixed(f"importance_{tag}", args.out, masks_for_budget(config, importance(), budget), steps)
-            record(f"4. gradient importance + distillation ({tag})", score(model, original, sts_test, scifact, wall))
-
-    print(markdown_table(saved_rows()))
 
 if __name__ == "__main__":
     main()

@@ -1,21 +1,28 @@
 """The prune_engine workbench: `streamlit run app.py`.
 
 This file is the entry point (page set-up and navigation, run for every page) and the Configure
-page. The other pages live in pages/; what they share is in workbench/, and everything that is
-not UI in workbench/ (its engine side) and prune_engine/.
+page. The Configure page edits one `RunConfig` kept in the session (`ui.DRAFT_KEY`): every widget
+shows a field of it and writes a change back with `dataclasses.replace`, so each change is
+validated as the config validates a YAML file, and the page shows the config.yaml the run will get.
+The other pages live in pages/; what they share is in workbench/, and everything that is not UI in
+workbench/ (its engine side) and prune_engine/.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from prune_engine.config import PRECISIONS, RunConfig
+from prune_engine.config import PRECISIONS, RunConfig, TargetModel, VocabConfig, config_yaml
 from prune_engine.data import STS_LANGUAGES
+from prune_engine.documents import load_documents, split_documents
+from prune_engine.l0 import STRUCTURES
 from prune_engine.presets import bge_m3_config
-from prune_engine.sources import BGE_M3_HUB_ID, MINILM_ALIAS
+from prune_engine.sources import BGE_M3_HUB_ID, MINILM_ALIAS, ModelSourceError
 from workbench import models, settings, ui
 
 MODELS = {
@@ -23,17 +30,44 @@ MODELS = {
     "MiniLM demo (bundled)": MINILM_ALIAS,
     "Another model (hub id or local path)": "",
 }
-DATA = {
+DATA = {  # label -> settings.DATA_KINDS
+    "None: documents only": "none",
     "Bundled demo pairs": "demo",
     "STS benchmark": "sts",
     "MS MARCO": "msmarco",
     "MTEB retrieval task": "mteb",
     "Local file or BEIR folder": "path",
 }
-TARGETS = ("Architecture", "Parameter budget")
+TARGETS = {"Architecture": "architecture", "Parameter budget": "budget"}
 FLOP_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# (label, config field, widget, options): the training settings, four a row.
+TRAINING_FIELDS = (
+    ("Training length", "max_duration", "text_input",
+     {"help": "1000ba: 1,000 steps (batches); 2ep: two passes over the data"}),
+    ("Batch size", "batch_size", "number_input", {"min_value": 2, "max_value": 4096}),
+    ("Documents per batch", "documents_per_batch", "number_input",
+     {"min_value": 1, "max_value": 4096, "help": "documents added to every batch for distillation"}),
+    ("Max tokens per text", "max_length", "number_input",
+     {"min_value": 2, "max_value": 8192, "value": None, "placeholder": "from the documents",
+      "help": "empty: chosen from the documents' token lengths (512 at most; without documents 512)"}),
+    ("Precision", "precision", "selectbox", {"options": PRECISIONS}),
+    ("Share of steps learning masks", "mask_fraction", "slider", {"min_value": 0.05, "max_value": 1.0, "step": 0.05}),
+    ("Task loss weight", "loss.task", "number_input", {"min_value": 0.0, "max_value": 100.0, "step": 0.01,
+                                                        "format": "%.3f", "help": "the task data's own loss"}),
+    ("Weights learning rate", "optimizer.lr", "number_input",
+     {"min_value": 0.0, "max_value": 1.0, "format": "%.1e", "step": 1e-6}),
+    ("Gates learning rate", "optimizer.gate_lr", "number_input",
+     {"min_value": 0.0, "max_value": 10.0, "format": "%.2f", "step": 0.01}),
+    ("Multipliers learning rate", "optimizer.lagrangian_lr", "number_input",
+     {"min_value": 0.0, "max_value": 10.0, "format": "%.3f", "step": 0.005}),
+    ("Log every (steps)", "log_every", "number_input", {"min_value": 1, "max_value": 10_000}),
+    ("Checkpoint every (steps)", "checkpoint_every", "number_input", {"min_value": 1, "max_value": 1_000_000}),
+)
 K = ui.SETTINGS_PREFIX
-CONFIG_KEY, NAME_KEY = ui.CONFIG_KEY, ui.NAME_KEY
+PROBLEM_PREFIX = K + "problem."
+
+
+# --------------------------------------------------------------------------- cached engine calls
 
 
 @st.cache_resource(show_spinner=False)
@@ -46,133 +80,205 @@ def _check_data(dataset: str, modified: float) -> str:
     return settings.check_dataset(dataset)
 
 
-def _reset_for_model(source: str, shape: models.ModelShape) -> None:
-    """A new model brings its own slider ranges and training defaults (set before the widgets exist)."""
-    if st.session_state.get(K + "for_model") == source:
-        return
-    base = settings.default_config(source)
-    model = shape.config
-    target = base.target_params
-    st.session_state.update({
-        K + "target_kind": TARGETS[1] if target else TARGETS[0],
-        K + "n_layers": max(1, model.num_hidden_layers * 3 // 4),
-        K + "n_heads": max(1, max(model.heads_per_layer) * 3 // 4),
-        K + "ffn": max(model.intermediate_sizes) * 3 // 4 // _ffn_step(shape) * _ffn_step(shape),
-        K + "budget_percent": round(100 * (target.fraction if target and target.fraction else 0.5)),
-        K + "budget_of": target.of if target else "encoder",
-        K + "steps": base.duration()[0],
-        K + "batch_size": base.batch_size,
-        K + "max_length": base.max_length,
-        K + "mask_fraction": base.mask_fraction,
-        K + "lr": base.optimizer.lr,
-        K + "gate_lr": base.optimizer.gate_lr,
-        K + "lagrangian_lr": base.optimizer.lagrangian_lr,
-        K + "precision": base.precision,
-        K + "log_every": base.log_every,
-        K + "checkpoint_every": base.checkpoint_every,
-        K + "for_model": source,
-    })
-    data = next((label for label, name in DATA.items() if name == base.dataset), "Bundled demo pairs")
-    st.session_state.setdefault(K + "data", data)
+@st.cache_resource(show_spinner="Reading the documents...", max_entries=4)
+def _documents(sources: tuple[str, ...], modified: tuple[float, ...], share: float):
+    return split_documents(load_documents(list(sources)), share)
 
 
-def _setting(name: str) -> dict:
-    """A Configure widget's key, kept for the whole session (across page switches)."""
-    return {"key": K + name, "persist_state": "session"}
+@st.cache_resource(show_spinner="Loading the tokenizer...", max_entries=4)
+def _tokenizer(model: str, trust_remote_code: bool):
+    return settings.load_tokenizer(model, trust_remote_code)
 
 
-def _ffn_step(shape: models.ModelShape) -> int:
-    return max(1, max(shape.config.intermediate_sizes) // 32)
-
-
-def _choose_model() -> tuple[str, bool]:
-    st.session_state.setdefault(K + "model", next(k for k, v in MODELS.items() if v == _default_model()))
-    choice = st.radio("Model", list(MODELS), **_setting("model"), horizontal=True,
-                      label_visibility="collapsed")
-    source = MODELS[choice] or st.text_input(
-        "Hub id or local directory", **_setting("model_other"), placeholder="BAAI/bge-m3, or /path/to/a/model"
-    ).strip()
-    trust = st.checkbox("Trust remote code", **_setting("trust_remote_code"),
-                        help="Lets a hub model's own tokenizer code run. Tick it only for models you trust.")
-    return source, trust
-
-
-def _choose_data() -> str:
-    kind = DATA[st.selectbox("Data", list(DATA), **_setting("data"), label_visibility="collapsed")]
-    if kind == "sts":
-        language = st.selectbox("Language", STS_LANGUAGES, index=STS_LANGUAGES.index("en"), **_setting("sts_language"))
-        return "sts" if language == "en" else f"sts-{language}"
-    if kind == "mteb":
-        st.session_state.setdefault(K + "mteb_task", "mteb/scifact")
-        return st.text_input("MTEB task", **_setting("mteb_task")).strip()
-    if kind == "path":
-        text = st.text_input("File (.csv/.tsv/.jsonl/.parquet/.txt) or BEIR folder", **_setting("data_path")).strip()
-        return str(Path(text).expanduser().resolve()) if text else ""
-    return kind
-
-
-def _target_inputs(shape: models.ModelShape) -> dict:
-    model = shape.config
-    kind = st.radio("Target", TARGETS, **_setting("target_kind"), horizontal=True)
-    if kind == TARGETS[0]:
-        layers = st.slider("Layers", 1, model.num_hidden_layers, **_setting("n_layers"))
-        heads = st.slider("Heads per layer", 1, max(model.heads_per_layer), **_setting("n_heads"))
-        ffn = st.slider("FFN size", 0, max(model.intermediate_sizes), step=_ffn_step(shape), **_setting("ffn"))
-        # A uniform architecture with fewer layers drops whole layers.
-        return {"target_model": {"n_layers": layers, "n_heads": heads, "intermediate_size": ffn},
-                "structures": ["layers", "heads", "ffn"]}
-    percent = st.slider("Keep this share of the parameters (%)", 5, 100, **_setting("budget_percent"))
-    scope = st.radio("of the", ("encoder", "total"), **_setting("budget_of"), horizontal=True,
-                     help="encoder: the transformer layers only; total: with the embeddings and output heads")
-    return {"target_params": {"fraction": percent / 100, "of": scope}}
-
-
-def _training_inputs() -> dict:
-    columns = st.columns(4)
-    steps = columns[0].number_input("Training steps", 1, 1_000_000, **_setting("steps"))
-    batch_size = columns[1].number_input("Batch size", 2, 4096, **_setting("batch_size"))
-    max_length = columns[2].number_input("Max tokens per text", 8, 8192, **_setting("max_length"))
-    precision = columns[3].selectbox("Precision", PRECISIONS, **_setting("precision"))
-    mask_fraction = columns[0].slider("Share of steps learning masks", 0.1, 1.0, step=0.05, **_setting("mask_fraction"))
-    lr = columns[1].number_input("Weights learning rate", 0.0, 1.0, format="%.1e", step=1e-6, **_setting("lr"))
-    gate_lr = columns[2].number_input("Gates learning rate", 0.0, 10.0, format="%.2f", step=0.01, **_setting("gate_lr"))
-    lagrangian_lr = columns[3].number_input("Multipliers learning rate", 0.0, 10.0, format="%.3f", step=0.005,
-                                            **_setting("lagrangian_lr"))
-    log_every = columns[0].number_input("Log every (steps)", 1, 10_000, **_setting("log_every"))
-    checkpoint_every = columns[1].number_input("Checkpoint every (steps)", 1, 1_000_000, **_setting("checkpoint_every"))
-    return {
-        "batch_size": batch_size, "max_length": max_length, "max_duration": f"{steps}ba", "precision": precision,
-        "mask_fraction": mask_fraction, "log_every": log_every, "checkpoint_every": checkpoint_every,
-        "optimizer": {"lr": lr, "gate_lr": gate_lr, "lagrangian_lr": lagrangian_lr},
-    }
-
-
-def _apply_preset(preset: dict) -> None:
-    st.session_state.update({K + "target_kind": TARGETS[0], K + "n_layers": preset["n_layers"],
-                             K + "n_heads": preset["n_heads"], K + "ffn": preset["intermediate_size"]})
+@st.cache_resource(show_spinner="Measuring the documents' token lengths...", max_entries=8)
+def _documents_length(model: str, trust_remote_code: bool, sources: tuple[str, ...], modified: tuple[float, ...],
+                      share: float):
+    shape, problem = ui.shape(model)
+    if shape is None:
+        raise ModelSourceError(problem)
+    return settings.documents_length(_tokenizer(model, trust_remote_code), shape, _documents(sources, modified, share))
 
 
 @st.cache_resource(show_spinner="Counting the tokens the data uses...", max_entries=8, ttl=300)
-def _vocabulary_plan(model: str, dataset: str, trust_remote_code: bool):
-    return settings.vocabulary_plan(model, dataset, trust_remote_code)
+def _vocabulary_plan(model: str, trust_remote_code: bool, dataset: str | None, sources: tuple[str, ...],
+                     modified: tuple[float, ...], share: float):
+    split = _documents(sources, modified, share) if sources else None
+    return settings.vocabulary_plan(_tokenizer(model, trust_remote_code), settings.vocabulary_texts(dataset, split))
 
 
-def _size_inputs() -> tuple[int, bool]:
-    length = st.select_slider("Sequence length for FLOPs", FLOP_LENGTHS, **_setting("flops_length"))
-    trim = st.toggle("Trim the vocabulary to the tokens the training data uses", **_setting("trim_vocabulary"),
-                     help="Keeps only the embedding rows of tokens that occur in the training data "
-                     "(prune_engine.vocab); texts it covers embed exactly as before.")
-    return length, trim
+def _document_key(config: RunConfig) -> tuple[tuple[str, ...], tuple[float, ...], float]:
+    """The documents' cache key: their sources, when they last changed, the held-out share."""
+    sources = settings.document_sources(config.documents) if config.documents else ()
+    return sources, settings.modified_times(sources), config.documents_held_out
+
+
+# --------------------------------------------------------------------------- the edited config
+
+
+def _draft() -> RunConfig:
+    return st.session_state[ui.DRAFT_KEY]
+
+
+def _write(name: str, label: str, write: Callable) -> None:
+    """A widget's change, written into the config; a value the config refuses is explained under the
+    widget, which shows the config's value again."""
+    try:
+        st.session_state[ui.DRAFT_KEY] = write(_draft(), st.session_state[K + name])
+    except ui.ENGINE_ERRORS as error:
+        st.session_state[PROBLEM_PREFIX + name] = f"{label}: {error}"
+
+
+def _edit(widget: Callable, label: str, name: str, read: Callable, write: Callable, **options):
+    """A widget showing `read(config)`; a change goes into the config through `write(config, value)`."""
+    key = K + name
+    st.session_state[key] = read(_draft())
+    value = widget(label, key=key, on_change=_write, args=(name, label, write), **options)
+    problem = st.session_state.pop(PROBLEM_PREFIX + name, None)
+    if problem:
+        st.error(problem)
+    return value
+
+
+def _field(path: str) -> tuple[Callable, Callable]:
+    """Read and write the config field at a dotted path (`optimizer.lr`)."""
+    return (lambda config: settings.read_field(config, path)), (lambda config, value: settings.replaced(config, path, value))
+
+
+def _start_config(source: str) -> None:
+    """A new model brings its own defaults; the documents given stay."""
+    draft = st.session_state.get(ui.DRAFT_KEY)
+    if draft is None or draft.model != source:
+        config = settings.default_config(source)
+        st.session_state[ui.DRAFT_KEY] = dataclasses.replace(config, documents=draft.documents) if draft else config
+
+
+# --------------------------------------------------------------------------- sections of the page
+
+
+def _documents_section(shape: models.ModelShape | None) -> bool:
+    """'Your documents', first on the page; False while the documents given cannot be used."""
+    st.subheader("Your documents")
+    st.caption(f"The texts your model will serve: the documents in your index, no labels needed. The run distils "
+               f"the original into the pruned model on them, and holds {_draft().documents_held_out:.0%} of them out "
+               "(never trained on) to measure at the end how much of the original's retrieval on them was kept.")
+    _edit(st.text_input, "Documents file or BEIR folder", "documents", lambda config: str(config.documents or ""),
+          settings.with_documents, placeholder="/path/to/corpus.jsonl",
+          help=".jsonl or .tsv / .csv / .parquet with a 'text' column (and optionally 'title'), .txt with one document a "
+          "line, or a BEIR folder (its corpus.jsonl)")
+    config = _draft()
+    if config.documents is None:
+        st.info(settings.NO_DOCUMENTS, icon=":material/info:")
+        return True
+    with ui.guard("Documents"):
+        split = _documents(*_document_key(config))
+        columns = st.columns(3)
+        columns[0].metric("Documents", f"{len(split.training) + len(split.held_out):,}")
+        columns[1].metric("Trained on", f"{len(split.training):,}")
+        columns[2].metric("Held out", f"{len(split.held_out):,}", help="never trained on: pseudo-queries made from "
+                          "them measure, without labels, what the pruned model kept")
+        st.caption(_length_text(config, shape))
+        return True
+    return False
+
+
+def _length_text(config: RunConfig, shape: models.ModelShape | None) -> str:
+    if config.max_length is not None:
+        return f"Training reads them at {config.max_length} tokens (Max tokens per text, below)."
+    try:
+        if shape is None:
+            raise ModelSourceError("no usable model chosen")
+        choice = _documents_length(config.model, config.trust_remote_code, *_document_key(config))
+    except ModelSourceError as error:
+        return f"The training length is chosen from them when the run starts ({error})."
+    return f"Length: {choice.describe()}."
+
+
+def _choose_model() -> str:
+    st.session_state.setdefault(K + "model", next(k for k, v in MODELS.items() if v == _default_model()))
+    choice = st.radio("Model", list(MODELS), key=K + "model", persist_state="session", horizontal=True,
+                      label_visibility="collapsed")
+    return MODELS[choice] or st.text_input("Hub id or local directory", key=K + "model_other", persist_state="session",
+                                           placeholder="BAAI/bge-m3, or /path/to/a/model").strip()
+
+
+def _task_data_section() -> bool:
+    """The optional task data; False while the data chosen cannot be used."""
+    st.subheader("Task data (optional)")
+    st.caption("Labelled pairs (scored sentence pairs, or queries with their passages) add a task loss and their dev "
+               "and test figures to the report; plain text is distilled on. Not needed when you give documents.")
+    label_of = {kind: label for label, kind in DATA.items()}
+    _edit(st.selectbox, "Task data", "data", lambda config: label_of[settings.data_kind(config.dataset)],
+          lambda config, label: dataclasses.replace(config, dataset=settings.DATA_KINDS[DATA[label]]),
+          options=list(DATA), label_visibility="collapsed")
+    dataset = _draft().dataset
+    kind = settings.data_kind(dataset)
+    if kind == "sts":
+        _edit(st.selectbox, "Language", "sts_language", lambda config: config.dataset.removeprefix("sts").lstrip("-") or "en",
+              lambda config, language: dataclasses.replace(config, dataset="sts" if language == "en" else f"sts-{language}"),
+              options=STS_LANGUAGES)
+    elif kind == "mteb":
+        _edit(st.selectbox, "MTEB task", "mteb_task", *_field("dataset"), accept_new_options=True,
+              options=list(dict.fromkeys([*settings.MTEB_TASKS, dataset])))
+    elif kind == "path":
+        _edit(st.text_input, "File (.csv/.tsv/.jsonl/.parquet/.txt) or BEIR folder", "data_path", *_field("dataset"))
+    return _check_task_data(_draft().dataset)
+
+
+def _check_task_data(dataset: str | None) -> bool:
+    if dataset is None:
+        return True
+    if not dataset:
+        st.info("Name the task data's file or folder, or choose None.")
+        return False
+    with ui.guard("Task data"):
+        path = Path(dataset)
+        st.caption(_check_data(dataset, path.stat().st_mtime if path.exists() else 0.0))
+        return True
+    return False
+
+
+def _target_inputs(shape: models.ModelShape) -> None:
+    model = shape.config
+    kinds = {kind: label for label, kind in TARGETS.items()}
+    _edit(st.radio, "Target", "target_kind", lambda config: kinds["budget" if config.target_params else "architecture"],
+          lambda config, label: settings.with_target_kind(config, TARGETS[label], shape), options=list(TARGETS),
+          horizontal=True)
+    if _draft().target_model is not None:
+        for name, label, low, high, step in (
+            ("n_layers", "Layers", 1, model.num_hidden_layers, 1),
+            ("n_heads", "Heads per layer", 1, max(model.heads_per_layer), 1),
+            ("intermediate_size", "FFN size", 0, max(model.intermediate_sizes), settings.ffn_step(shape)),
+        ):
+            _edit(st.slider, label, f"target_model.{name}", _field(f"target_model.{name}")[0],
+                  lambda config, value, name=name: settings.with_architecture(config, name, value, shape),
+                  min_value=low, max_value=high, step=step)
+    elif _draft().target_params is not None:
+        _edit(st.slider, "Keep this share of the parameters", "target_params.fraction",
+              *_field("target_params.fraction"), min_value=0.05, max_value=1.0, step=0.01, format="percent")
+        _edit(st.radio, "of the", "target_params.of", *_field("target_params.of"), options=("encoder", "total"),
+              horizontal=True, help="encoder: the transformer layers only; total: with the embeddings and output heads")
+    _edit(st.multiselect, "Structures to prune", "structures", *_field("structures"), options=list(STRUCTURES),
+          help="layers: whole layers; heads: attention heads; ffn: feed-forward neurons")
+
+
+def _size_inputs() -> int:
+    length = st.select_slider("Sequence length for FLOPs", FLOP_LENGTHS, key=K + "flops_length", persist_state="session")
+    _edit(st.toggle, "Trim the vocabulary to the tokens the training texts use", "vocab",
+          lambda config: config.vocab is not None,
+          lambda config, trim: dataclasses.replace(config, vocab=VocabConfig() if trim else None),
+          help="Keeps only the embedding rows of tokens that occur in the task data and the training documents "
+          "(prune_engine.vocab); texts it covers embed exactly as before.")
+    return length
 
 
 def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> None:
     """Parameters and FLOPs before and after, computed by the accounting for the chosen target."""
     vocab_size = None
     if config.vocab is not None:
-        plan = _vocabulary_plan(config.model, config.dataset, config.trust_remote_code)
+        plan = _vocabulary_plan(config.model, config.trust_remote_code, config.dataset, *_document_key(config))
         vocab_size = plan.vocab_size
         st.caption(f"The vocabulary keeps {plan.vocab_size:,} of {plan.original_vocab_size:,} tokens, "
-                   f"covering {plan.coverage:.1%} of the training data's tokens.")
+                   f"covering {plan.coverage:.1%} of the training texts' tokens.")
     report, exact = settings.planned_size(config, shape, length, vocab_size)
     before, after = report.before, report.after
     columns = st.columns(3)
@@ -193,10 +299,10 @@ def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> Non
                    f"({report.structure.describe()}).")
 
 
-def _validated_config(values: dict, overrides: str, shape: models.ModelShape) -> RunConfig:
-    config = settings.build_run_config(values, overrides)
-    settings.size_target(config, shape)
-    return config
+def _apply_preset(preset: dict) -> None:
+    st.session_state[ui.DRAFT_KEY] = dataclasses.replace(
+        _draft(), target_params=None, structures=list(STRUCTURES),
+        target_model=TargetModel(preset["n_layers"], preset["n_heads"], preset["intermediate_size"]))
 
 
 def _dimensions(config) -> tuple[int, int, int]:
@@ -222,66 +328,92 @@ def _presets(shape: models.ModelShape, length: int) -> None:
             column.button(f"Use {name}", on_click=_apply_preset, args=(preset,), key=f"preset.{name}")
 
 
+def _training_inputs() -> None:
+    columns = st.columns(4)
+    for index, (label, path, widget, options) in enumerate(TRAINING_FIELDS):
+        _edit(getattr(columns[index % 4], widget), label, path, *_field(path), **options)
+
+
+def _run_config(shape: models.ModelShape, overrides: str) -> RunConfig | None:
+    """The edited config with the key=value lines on top, checked against the model and its documents."""
+    with ui.guard("Settings"):
+        config = settings.run_config(_draft(), overrides)
+        settings.size_target(config, shape)
+        if config.documents and _document_key(config) != _document_key(_draft()):  # the lines changed them
+            _documents(*_document_key(config))
+        return config
+    return None
+
+
+def _show_config_file(config: RunConfig, name: str) -> None:
+    """What the run's config.yaml will hold (its output_dir: the run's folder in the workspace)."""
+    manager = ui.manager()
+    run_dir = manager.workspace / (name.strip() or manager.new_run_name(config))
+    changed = settings.changed_keys(_draft().to_dict(), config.to_dict())
+    if changed:
+        st.caption(f"The key=value lines set {', '.join(changed)} (the widgets above show the values without them).")
+    with st.expander("The run's configuration (config.yaml)"):
+        st.code(config_yaml(dataclasses.replace(config, output_dir=str(run_dir))), language="yaml")
+        if not name.strip():
+            st.caption("Without a run name, the folder is named from the date, the model and the data when it starts.")
+
+
 def configure() -> None:
     st.title("Configure a pruning run")
-    st.caption("Choose a model, the data to distil on and a target size; the Train page runs it.")
-    st.session_state[CONFIG_KEY] = None  # set below only when everything is valid
+    st.caption("Give the documents your model will serve, choose the model and a target size; the Train page runs it.")
+    st.session_state[ui.CONFIG_KEY] = None  # set below only when everything is valid
+    st.session_state.setdefault(ui.DRAFT_KEY, settings.default_config(_default_model()))
+    documents_area = st.container()  # first on the page, filled once the model (its tokenizer) is known
 
     st.subheader("Model")
-    source, trust = _choose_model()
-    if not source:
-        st.info("Type a hub id (such as BAAI/bge-m3) or the path of a local model directory.")
-        return
-    shape, problem = ui.shape(source)
+    source = _choose_model()
+    shape, problem = ui.shape(source) if source else (None, "")
+    if shape is not None:
+        _start_config(source)
+    with documents_area:
+        documents_ok = _documents_section(shape)
     if shape is None:
-        st.error(f"Model: {problem}")
+        if problem:
+            st.error(f"Model: {problem}")
+        else:
+            st.info("Type a hub id (such as BAAI/bge-m3) or the path of a local model directory.")
         return
+    _edit(st.checkbox, "Trust remote code", "trust_remote_code", *_field("trust_remote_code"),
+          help="Lets a hub model's own tokenizer code run. Tick it only for models you trust.")
     st.caption(shape.describe())
     if shape.note:
         st.info(shape.note)
-    _reset_for_model(source, shape)
+    data_ok = _task_data_section()
+    _target_and_training(shape, documents_ok and data_ok)
 
-    st.subheader("Data")
-    dataset = _choose_data()
-    data_ok = False
-    if dataset:
-        with ui.guard("Data"):
-            path = Path(dataset)
-            st.caption(_check_data(dataset, path.stat().st_mtime if path.exists() else 0.0))
-            data_ok = True
-    else:
-        st.info("Name the data to train on.")
 
+def _target_and_training(shape: models.ModelShape, inputs_ok: bool) -> None:
     st.subheader("Target size")
     inputs, panel = st.columns([2, 3], gap="large")
     with inputs:
-        target = _target_inputs(shape)
+        _target_inputs(shape)
     with panel:
-        length, trim = _size_inputs()
+        length = _size_inputs()
     with st.expander("The original design's presets for BGE-M3, with their true sizes"):
         _presets(shape, length)
     st.subheader("Training")
-    training = _training_inputs()
-    name = st.text_input("Run name (optional)", **_setting("run_name"),
+    _training_inputs()
+    name = st.text_input("Run name (optional)", key=K + "run_name", persist_state="session",
                          placeholder="a name from the date, model and data")
-    overrides = st.text_area("More settings, one key=value a line", **_setting("overrides"),
-                             placeholder="for example:\nloss.task=0.5\nstructures=[heads, ffn]\ndistill_dataset=passages.jsonl")
-
-    values = {"model": source, "dataset": dataset, "trust_remote_code": trust, **target, **training}
-    if trim:
-        values["vocab"] = {}
-    config = None
-    with panel, ui.guard("Settings"):
-        config = _validated_config(values, overrides, shape)
+    overrides = st.text_area("More settings, one key=value a line", key=K + "overrides", persist_state="session",
+                             placeholder="for example:\nloss.task=0.5\nstructures=[heads, ffn]\ndocuments_held_out=0.1")
+    with panel:
+        config = _run_config(shape, overrides)
+        if config is not None:
+            with ui.guard("Size"):
+                _size_panel(config, shape, length)
     if config is not None:
-        with panel, ui.guard("Size"):
-            _size_panel(config, shape, length)
-
+        _show_config_file(config, name)
     st.divider()
-    if config is not None and data_ok:
-        st.session_state[CONFIG_KEY] = config
-        st.session_state[NAME_KEY] = name
-        st.success(f"Ready: {config.model} on {config.dataset}, {settings.describe_duration(config)}.")
+    if config is not None and inputs_ok:
+        st.session_state[ui.CONFIG_KEY] = config
+        st.session_state[ui.NAME_KEY] = name
+        st.success(f"Ready: {config.model} on {settings.describe_data(config)}, {settings.describe_duration(config)}.")
         st.page_link("pages/train.py", label="Train this configuration", icon=":material/play_arrow:")
     else:
         st.warning("Fix the problems above to train this configuration.")

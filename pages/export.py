@@ -1,7 +1,8 @@
 """Export: write the pruned model as a Hugging Face / sentence-transformers directory.
 
 The same `export_embedder` the trainer uses writes it (atomically, never over an existing
-directory unless asked); relative destinations stay inside the workspace.
+directory unless asked, and never over one it did not write); relative destinations stay inside
+the workspace. The resolved destination, or why it is refused, shows before anything is written.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from prune_engine.atomic import read_json
-from prune_engine.export import export_embedder
+from prune_engine.export import check_destination, export_embedder
 from workbench import exporting, ui
 
 EXPORTED_KEY = "export.written"
@@ -29,13 +30,24 @@ destination_text = st.text_input(
     "Destination directory", value=f"exports/{record.name}",
     help=f"A relative path is inside the workspace ({workspace}); anywhere else needs an absolute path.",
 )
-overwrite = st.checkbox("Replace the directory if it already exists", value=False)
-if st.button("Export", type="primary", key="export.run", icon=":material/save:"):
+overwrite = st.checkbox("Replace the directory if it already exists (only an export this tool wrote)", value=False)
+written = Path(st.session_state.get(EXPORTED_KEY, ""))
+destination = None
+with ui.guard("Destination"):  # the refusals, shown before anything is written
+    planned = exporting.resolve_destination(destination_text, workspace)
+    if planned == written and not overwrite:
+        note = ", which holds the export just written: tick Replace to write it again."
+    else:
+        check_destination(planned, overwrite)
+        note = " (replacing the export there)." if planned.exists() else "."
+    destination = planned
+    st.caption(f"Writes to `{destination}`{note}")
+if st.button("Export", type="primary", key="export.run", icon=":material/save:", disabled=destination is None):
     with ui.guard("Export"), st.spinner("Writing the model..."):
-        destination = exporting.resolve_destination(destination_text, workspace)
         pruned = ui.embedder(str(record.export_dir), bool(config and config.trust_remote_code))
         extra = {k: v for k, v in info.items() if k != "needs_trust_remote_code"}  # export_embedder sets it
-        st.session_state[EXPORTED_KEY] = str(export_embedder(pruned, destination, extra, overwrite=overwrite))
+        written = export_embedder(pruned, destination, extra, overwrite=overwrite)
+        st.session_state[EXPORTED_KEY] = str(written)
 
 written = Path(st.session_state.get(EXPORTED_KEY, ""))
 if written.name and (written / "config.json").is_file():

@@ -13,7 +13,8 @@ if runs:
     table = pd.DataFrame([run.summary() for run in runs])
     st.dataframe(table, width="stretch", hide_index=True, column_config={
         "reduction": st.column_config.NumberColumn(format="percent"),
-        "score retained": st.column_config.NumberColumn(format="percent"),
+        "retained": st.column_config.NumberColumn(format="percent", help="of the original's score, on what "
+                                                  "'retained on' names: your documents wherever they were measured"),
         "measured speedup": st.column_config.NumberColumn(format="%.2fx"),
         "parameters": st.column_config.NumberColumn(format="localized"),
     })
@@ -24,10 +25,10 @@ with st.expander("Configuration"):
     st.code(record.config_text() or "(no config.yaml)", language="yaml")
 report = record.report()
 if report is not None:
-    st.subheader(f"At the end of the run, on {report['dataset']}")
-    ui.show_report(report, "final")
+    st.header("At the end of the run")
+    ui.show_run_report(report, "final")
 evaluation = record.evaluation()
 if evaluation is not None:
-    st.subheader(f"On the Evaluate page, on {evaluation['dataset']}")
+    st.header("On the Evaluate page")
     ui.show_evaluation(evaluation)
 ui.run_charts(record)

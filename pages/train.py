@@ -26,7 +26,7 @@ if configured is None:
     left.warning("The Configure page reports a problem; fix it there to start a run.")
 else:
     left.markdown(f"**Next run{'' if configured_here else ' (the defaults)'}:** `{configured.model}` on "
-                  f"`{configured.dataset}`, {ui.describe_target(configured)}, {settings.describe_duration(configured)}, "
+                  f"{settings.describe_data(configured)}, {ui.describe_target(configured)}, {settings.describe_duration(configured)}, "
                   f"batch {configured.batch_size}. Change it on the Configure page.")
 if active is not None:
     left.info(f"One run at a time on this device ({runs.device_name()}): **{active.name}** is training. "
@@ -68,6 +68,7 @@ def live_view() -> None:
     state = ui.run_status(record)
     if state == "done":
         ui.run_result(record)
+        ui.show_run_report(record.report() or {}, "train")
     ui.run_charts(record)
     if live and manager.active() != record:
         st.rerun()  # the run ended: redraw the page (buttons) and stop polling

@@ -92,10 +92,20 @@ def screenshot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
-def set_number(page, label: str, value: int) -> None:
+def set_field(page, label: str, value) -> None:
     field = page.get_by_label(label, exact=True)
     field.fill(str(value))
     field.press("Enter")
+
+
+@pytest.fixture
+def documents_file(shared_data_dir, tmp_path) -> Path:
+    """The first 300 SciFact abstracts: the documents a user would give (20 of them held out)."""
+    with (shared_data_dir / "scifact" / "corpus.jsonl").open(encoding="utf-8") as corpus:
+        lines = [next(corpus) for _ in range(300)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
 
 
 def go_to(page, title: str) -> None:
@@ -106,9 +116,9 @@ def head_gate_steps(page) -> set[str]:
     return set(re.findall(r"Head gates \(step (\d+)\)", page.inner_text("body")))
 
 
-def test_demo_run_in_the_browser(app_url, page):
-    page.goto(app_url)
-    page.get_by_text("Ready: minilm on demo").wait_for(timeout=120 * SECOND)
+def configure(page, documents_file: Path) -> None:
+    """The Configure page, documents first; the sizes follow the target chosen."""
+    page.get_by_text("Ready: minilm on demo (no documents)").wait_for(timeout=120 * SECOND)
     total = page.get_by_test_id("stMetricValue").first
     budget_total = total.inner_text()
     page.get_by_text("Architecture", exact=True).click()
@@ -116,12 +126,19 @@ def test_demo_run_in_the_browser(app_url, page):
                            timeout=30 * SECOND)
     assert page.get_by_role("slider").first.is_visible()
     page.get_by_text("Parameter budget", exact=True).click()
-    set_number(page, "Training steps", RUN_STEPS)
-    set_number(page, "Batch size", 4)
-    set_number(page, "Max tokens per text", 32)
-    set_number(page, "Log every (steps)", 1)
-    page.get_by_text(f"Ready: minilm on demo, {RUN_STEPS} steps.").wait_for(timeout=30 * SECOND)
+    set_field(page, "Documents file or BEIR folder", documents_file)
+    page.get_by_text("Held out").wait_for(timeout=60 * SECOND)
+    for label, value in (("Training length", f"{RUN_STEPS}ba"), ("Batch size", 4), ("Documents per batch", 4),
+                         ("Max tokens per text", 32), ("Log every (steps)", 1)):
+        set_field(page, label, value)
+    page.get_by_text(f"Ready: minilm on documents docs.jsonl and task data demo, {RUN_STEPS} steps.").wait_for(
+        timeout=30 * SECOND)
     screenshot(page, "1-configure")
+
+
+def test_demo_run_in_the_browser(app_url, page, documents_file):
+    page.goto(app_url)
+    configure(page, documents_file)
 
     page.get_by_role("link", name=re.compile("Train this configuration")).click()
     page.get_by_role("button", name=re.compile("Start")).click()
@@ -137,6 +154,7 @@ def test_demo_run_in_the_browser(app_url, page):
     page.reload()  # a reloaded browser finds the run still going (or just finished) on the Train page
     page.get_by_text("Head gates (step").first.wait_for(timeout=60 * SECOND)
     page.get_by_text("Exported to").wait_for(timeout=600 * SECOND)
+    page.get_by_text("Retrieval on your held-out documents (label-free)").first.wait_for()
     screenshot(page, "3-train-done")
 
     go_to(page, "Export")
@@ -148,6 +166,7 @@ def test_demo_run_in_the_browser(app_url, page):
     go_to(page, "Evaluate")
     page.get_by_role("button", name=re.compile("Evaluate$")).click()
     page.get_by_text("Measured speedup").wait_for(timeout=180 * SECOND)
+    page.get_by_text("nDCG@10 retained").wait_for()
     screenshot(page, "5-evaluate")
 
     go_to(page, "Similarity")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from prune_engine.evaluate import MIXED_PREFIX
+
 LOSS_NAMES = {
     "loss/total": "total",
     "loss/distill_cosine": "distillation (cosine)",
@@ -17,6 +19,14 @@ LOSS_NAMES = {
     "loss/distill_colbert": "distillation (multi-vector)",
     "loss/task": "task",
     "loss/lagrangian": "Lagrangian",
+}
+# The label-free report's figures drawn as bars (original against pruned, x100); the mixed row's
+# "original" is the original's own figure, its "pruned" the pruned model's queries on the original's index.
+LABEL_FREE_BARS = {
+    "ndcg_at_10": "nDCG@10",
+    "recall_at_100": "Recall@100",
+    "mrr_at_10": "MRR@10",
+    MIXED_PREFIX + "ndcg_at_10": "nDCG@10, pruned queries<br>on the original's index",
 }
 HEIGHT = 340
 
@@ -138,3 +148,17 @@ def evaluation_figure(rows: list[dict]) -> go.Figure:
     ])
     figure.update_layout(barmode="group", bargap=0.4)
     return _layout(figure, "Original against pruned", x_title="", y_title="score")
+
+
+def label_free_figure(metrics: dict[str, dict]) -> go.Figure:
+    """The label-free report's retrieval figures on the user's held-out documents, both models."""
+    shown = [name for name in LABEL_FREE_BARS if name in metrics]
+    labels = [LABEL_FREE_BARS[name] for name in shown]
+    figure = go.Figure([
+        go.Bar(x=labels, y=[metrics[name][column] for name in shown], name=column, texttemplate="%{y:.1f}",
+               textposition="outside")
+        for column in ("original", "pruned")
+    ])
+    figure.update_layout(barmode="group", bargap=0.35)
+    figure.update_yaxes(range=[0, 105])
+    return _layout(figure, "Retrieval on your held-out documents (label-free)", x_title="", y_title="score (x100)")

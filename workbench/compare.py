@@ -1,20 +1,23 @@
 """The Evaluate and Similarity pages' engine side: the original against the pruned model on the
-same texts, scored by the engine's evaluator and timed in turns."""
+same texts, scored by the engine's evaluator (and, on the user's documents, its label-free
+evaluation) and timed in turns."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
+from prune_engine.atomic import write_json_atomic
 from prune_engine.data import load_eval_data
+from prune_engine.documents import HELD_OUT_SHARE, DocumentSplit, load_documents, split_documents
 from prune_engine.embedder import Embedder
 from prune_engine.encoding_cache import EncodingCache
 from prune_engine.evaluate import compare
+from prune_engine.label_free import label_free_report, pseudo_query_task
 from prune_engine.sources import resolve_model_dir
 
-from .runs import EVALUATION_FILE, RunRecord
+from .runs import EVALUATION_FILE, RunRecord, WorkbenchError
 
 SPEED_TEXTS = 256  # texts timed per model for the measured speedup
 
@@ -35,18 +38,36 @@ def measure_speedup(original: Embedder, pruned: Embedder, texts: list[str], batc
             "pruned_s": best["pruned"], "speedup": best["original"] / max(best["pruned"], 1e-9)}
 
 
-def evaluate_run(record: RunRecord, original: Embedder, pruned: Embedder, dataset: str,
-                 splits: tuple[str, ...] = ("test",), batch_size: int = 32) -> dict:
-    """The evaluator's comparison plus a measured speedup on the same data; kept in the run dir.
-    `original` is the run's model as loaded from its source: its encodings are cached on disk, so
-    evaluating a second run pruned from it on the same data encodes only the pruned model."""
+def label_free_on(original: Embedder, pruned: Embedder, split: DocumentSplit, batch_size: int = 32,
+                  original_cache: EncodingCache | None = None) -> dict:
+    """The label-free report on held-out documents, as `eval --documents` and a run's report make it."""
+    task = pseudo_query_task([(d.title, d.text) for d in split.held_out.documents], split.training.texts(),
+                             source=split.held_out.source)
+    return label_free_report(original, pruned, task, batch_size, original_cache=original_cache)
+
+
+def evaluate_run(record: RunRecord, original: Embedder, pruned: Embedder, dataset: str | None = None,
+                 documents: str | None = None, splits: tuple[str, ...] = ("test",), batch_size: int = 32) -> dict:
+    """The evaluator's comparison on `dataset`, the label-free one on `documents` (their held-out
+    share, as the run's config sets it: documents it never trained on), and a measured speedup;
+    kept in the run dir. `original` is the run's model as loaded from its source: its encodings are
+    cached on disk, so evaluating a second run pruned from it on the same data encodes only the
+    pruned model."""
+    if not (dataset or documents):
+        raise WorkbenchError("give task data, documents, or both to evaluate on")
     config = record.config()
+    split = None
+    if documents:  # read and split first: a bad file is reported before any encoding
+        split = split_documents(load_documents(documents), config.documents_held_out if config else HELD_OUT_SHARE)
+    texts = load_eval_data(dataset, splits[0]).distinct_texts() if dataset else split.held_out.texts()
     cache = EncodingCache(resolve_model_dir(config.model), original) if config is not None else None
-    report = compare(original, pruned, dataset, splits, batch_size, original_cache=cache)
-    texts = load_eval_data(dataset, splits[0]).distinct_texts()[:SPEED_TEXTS]
-    result = {"dataset": dataset, "report": report, "speed": measure_speedup(original, pruned, texts, batch_size),
-              "created": time.time()}
-    (record.path / EVALUATION_FILE).write_text(json.dumps(result, indent=2))
+    result = {"dataset": dataset, "documents_source": documents, "created": time.time()}
+    if dataset:
+        result["report"] = compare(original, pruned, dataset, splits, batch_size, original_cache=cache)
+    if split is not None:
+        result["documents"] = label_free_on(original, pruned, split, batch_size, cache)
+    result["speed"] = measure_speedup(original, pruned, texts[:SPEED_TEXTS], batch_size)
+    write_json_atomic(record.path / EVALUATION_FILE, result)
     return result
 
 

@@ -19,6 +19,7 @@ from prune_engine.sources import (
     MINILM_ALIAS,
     ModelSourceError,
     encoder_config_from_hf,
+    read_sentence_transformers_settings,
     resolve_model_dir,
 )
 
@@ -109,3 +110,25 @@ def model_shape(source: str) -> ModelShape:
     config = encoder_config_from_hf(json.loads(config_file.read_text()))
     heads = [path for name in BGE_M3_HEAD_FILES.values() if (path := _cached_hub_file(source, name))]
     return ModelShape(source, config, _head_parameters(heads))
+
+
+def model_files(source: str) -> Path:
+    """The folder holding a model's files: a local directory, the bundled demo's, or a hub model's
+    snapshot in the local cache (never downloaded here: the page must not wait on the network)."""
+    if not is_hub_id(source):
+        return resolve_model_dir(source)
+    config_file = _cached_hub_file(source, "config.json")
+    if config_file is None:
+        raise ModelSourceError(f"{source} is not in the local Hugging Face cache: its tokenizer loads when the run "
+                               "starts")
+    return config_file.parent
+
+
+def serving_length(files: Path, shape: ModelShape, tokenizer) -> int:
+    """Tokens per text the engine's `load_embedder` gives this model (so the run's `teacher.max_length`):
+    the declared max_seq_length, else the tokenizer's limit, within the position embeddings."""
+    declared = read_sentence_transformers_settings(files)[2]
+    length = declared or min(getattr(tokenizer, "model_max_length", 512), 8192)
+    config = shape.config
+    offset = config.pad_token_id + 1 if config.position_ids_from_padding else 0
+    return min(length, config.max_position_embeddings - offset)

@@ -13,11 +13,13 @@ import logging
 import os
 import re
 import threading
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from prune_engine.atomic import read_json
 from prune_engine.config import RunConfig
+from prune_engine.label_free import DATASET as LABEL_FREE
 from prune_engine.run_dir import RunDirectory, RunDirectoryBusy
 from prune_engine.trainer import PruningRun
 
@@ -27,6 +29,8 @@ WORKSPACE_ENV = "PRUNE_WORKBENCH_RUNS"
 DEFAULT_WORKSPACE = "runs"
 EVALUATION_FILE = "workbench_evaluation.json"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+LABEL_FREE_METRIC = "ndcg_at_10"
+METRIC_NAMES = {"ndcg_at_10": "nDCG@10", "mrr_at_10": "MRR@10", "recall_at_100": "Recall@100", "spearman": "Spearman"}
 
 
 class WorkbenchError(ValueError):
@@ -44,14 +48,49 @@ def device_name() -> str:
     return f"GPU ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "CPU"
 
 
-def headline_retained(report: dict) -> float | None:
-    """What the pruned model retained of the first figure both have (Spearman for STS, nDCG@10 for
-    retrieval), in the last split of a comparison report (test, where there is one)."""
-    for block in reversed(report.get("splits", {}).values()):
-        for row in block["metrics"].values():
-            if row.get("retained") is not None:
-                return row["retained"]
+@dataclass(frozen=True)
+class Retention:
+    """A share of the original's score the pruned model kept, and what that score measures."""
+
+    share: float
+    metric: str
+    covers: str
+    on_documents: bool  # retrieval on the user's documents (label-free), not a task's own test set
+
+    @property
+    def where(self) -> str:
+        """What the share covers, for a table cell."""
+        return f"{'your documents (label-free)' if self.on_documents else self.covers}: {self.metric_name}"
+
+    @property
+    def metric_name(self) -> str:
+        return METRIC_NAMES.get(self.metric, self.metric)
+
+    def describe(self) -> str:
+        if self.on_documents:
+            return (f"{self.share:.1%} of the original's {self.metric_name} on your documents (label-free: pseudo-queries "
+                    "made from held-out documents it never trained on)")
+        return (f"{self.share:.1%} of the original's {self.metric_name} on {self.covers}; this covers that data only, "
+                "not retrieval on your own documents")
+
+
+def _first_retained(report: dict, metric: str | None = None) -> Retention | None:
+    """The first figure both models have (Spearman for STS, nDCG@10 for retrieval), or `metric`, in
+    the last split of a comparison report (test, where there is one)."""
+    for split, block in reversed(report.get("splits", {}).items()):
+        for name, row in block["metrics"].items():
+            if row.get("retained") is not None and name == (metric or name):
+                return Retention(row["retained"], name, f"{report['dataset']}, {split} split", report["dataset"] == LABEL_FREE)
     return None
+
+
+def retention(*reports: dict | None) -> Retention | None:
+    """The retention the workbench quotes: nDCG@10 on the user's documents (a label-free report)
+    from the first report that has it, else the first task report's headline figure."""
+    given = [report for report in reports if report]
+    label_free = (_first_retained(r, LABEL_FREE_METRIC) for r in given if r.get("dataset") == LABEL_FREE)
+    task = (_first_retained(r) for r in given if r.get("dataset") != LABEL_FREE)
+    return next((found for found in (*label_free, *task) if found is not None), None)
 
 
 class RunRecord(RunDirectory):
@@ -69,23 +108,31 @@ class RunRecord(RunDirectory):
     def can_resume(self) -> bool:
         return self.state() in ("cancelled", "failed", "interrupted") and self.has_checkpoint()
 
+    def retention(self) -> Retention | None:
+        """On the user's documents where the run or the Evaluate page measured it, else on task data
+        (the Evaluate page's, then the run's own)."""
+        report, evaluation = self.report() or {}, self.evaluation() or {}
+        return retention(report.get("documents"), evaluation.get("documents"), evaluation.get("report"), report)
+
     def summary(self) -> dict:
         """One row of the Runs table."""
         status, info, evaluation = self.status(), self.pruning_info() or {}, self.evaluation() or {}
         config = self.config()
         step, total = self.progress()
         after, before = info.get("parameters_after", {}), info.get("parameters_before", {})
+        kept = self.retention()
         return {
             "run": self.name,
             "state": self.state(),
             "model": config.model if config else "",
-            "documents": (config.documents or "") if config else "",
+            "documents": str(config.documents or "") if config else "",
             "dataset": (config.dataset or "") if config else "",
             "steps": f"{step}/{total}" if total else str(step),
             "parameters": after.get("total"),
             "reduction": 1 - after["total"] / before["total"] if after and before else None,
             "structure": info.get("structure_description", ""),
-            "score retained": headline_retained(evaluation.get("report") or self.report() or {}),
+            "retained": kept.share if kept else None,
+            "retained on": kept.where if kept else "",
             "measured speedup": evaluation.get("speed", {}).get("speedup"),
             "updated": f"{datetime.fromtimestamp(status.get('updated', self.path.stat().st_mtime)):%Y-%m-%d %H:%M}",
         }

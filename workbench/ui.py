@@ -16,6 +16,8 @@ import streamlit as st
 from prune_engine.cli import ENGINE_ERRORS as CLI_ERRORS
 from prune_engine.config import RunConfig
 from prune_engine.embedder import Embedder
+from prune_engine.evaluate import AGREEMENT
+from prune_engine.label_free import AGREEMENT_AT_10
 from prune_engine.sources import load_embedder
 from workbench import charts, compare, models, runs, settings
 
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 ENGINE_ERRORS = (*CLI_ERRORS, runs.WorkbenchError)
 SETTINGS_PREFIX = "cfg."  # the Configure page's widgets (persist_state="session": kept across pages)
 RUN_KEY = "workbench.run"  # the run the user last picked, shared by the pages
-CONFIG_KEY = "workbench.config"  # the Configure page's RunConfig; None while it has a problem
+DRAFT_KEY = "workbench.draft"  # the RunConfig the Configure page's widgets edit
+CONFIG_KEY = "workbench.config"  # what the Train page starts: the draft and its key=value lines; None while invalid
 NAME_KEY = "workbench.run_name"
 REFRESH_S = 1.5  # live view period while a run trains
 
@@ -152,14 +155,15 @@ def run_charts(record: runs.RunRecord) -> None:
 
 
 def run_result(record: runs.RunRecord) -> None:
-    """What a finished run produced: the structure and the sizes, from its export's pruning_info.json."""
+    """What a finished run produced: the structure and the sizes, from its export's pruning_info.json,
+    and what it kept (on the user's documents where it was measured there)."""
     info = record.pruning_info()
     if not info:
         return
     before, after = info["parameters_before"], info["parameters_after"]
-    retained = runs.headline_retained(record.report() or {})
-    kept = f" It keeps {retained:.1%} of the original's score (details on Runs and Evaluate)." if retained else ""
-    st.success(f"Exported to `{record.export_dir}`: {info['structure_description']}.{kept}")
+    kept = record.retention()
+    kept_text = f" It keeps {kept.describe()}." if kept else ""
+    st.success(f"Exported to `{record.export_dir}`: {info['structure_description']}.{kept_text}")
     columns = st.columns(3)
     for column, part in zip(columns, ("total", "encoder", "embeddings"), strict=True):
         change = after[part] / before[part] - 1 if before[part] else 0.0
@@ -167,18 +171,60 @@ def run_result(record: runs.RunRecord) -> None:
                       delta_color="inverse")
 
 
-def show_report(report: dict, key: str) -> None:
-    """A comparison report (the evaluator's): the figures as a table and the shared ones as a chart."""
+def _report_table(report: dict) -> list[dict]:
     rows = compare.evaluation_rows(report)
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True,
                  column_config={"retained": st.column_config.NumberColumn(format="percent")})
+    return rows
+
+
+def show_report(report: dict, key: str) -> None:
+    """A comparison report (the evaluator's): the figures as a table and the shared ones as a chart."""
+    rows = _report_table(report)
     for split, reason in report.get("unavailable", {}).items():
         st.caption(f"No {split} split: {reason}")
     st.plotly_chart(charts.evaluation_figure(rows), width="stretch", key=f"report.{key}")
 
 
+def show_label_free(report: dict, key: str) -> None:
+    """A label-free report on the user's held-out documents: the shares that matter for serving as
+    metrics, the retrieval figures as a chart, every figure in a table."""
+    (block,) = report["splits"].values()
+    metrics = block["metrics"]
+    ndcg = metrics.get(runs.LABEL_FREE_METRIC, {}).get("retained")
+    columns = st.columns(3)
+    columns[0].metric("nDCG@10 retained", f"{ndcg:.1%}" if ndcg is not None else "n/a",
+                      help="the pruned model's nDCG@10 over the original's, on pseudo-queries made from held-out "
+                      "documents (titles, or a sentence cut out of the text): no labels needed")
+    columns[1].metric("Top-10 agreement", f"{metrics[AGREEMENT_AT_10]['pruned']:.1%}",
+                      help="share of the original's 10 nearest documents the pruned model also returns, per query")
+    columns[2].metric("Mean cosine to the original", f"{metrics[AGREEMENT]['pruned']:.3f}",
+                      help="between both models' vectors of the same held-out documents: 1.0 means the pruned "
+                      "model's vectors can be searched against the original's index as they are")
+    st.plotly_chart(charts.label_free_figure(metrics), width="stretch", key=f"label_free.{key}")
+    st.caption(block["source"])
+    with st.expander("Every label-free figure"):
+        _report_table(report)
+
+
+def show_warnings(report: dict) -> None:
+    for warning in report.get("warnings", []):
+        st.warning(warning, icon=":material/warning:")
+
+
+def show_run_report(report: dict, key: str) -> None:
+    """report.json: its warnings once, the documents' label-free figures, then the task data's."""
+    show_warnings(report)
+    if report.get("documents"):
+        st.subheader("On your documents (label-free)")
+        show_label_free(report["documents"], key)
+    if report.get("splits") or report.get("unavailable"):
+        st.subheader(f"On the task data, {report['dataset']}")
+        show_report(report, key)
+
+
 def show_evaluation(result: dict) -> None:
-    """The Evaluate page's stored result: the measured speedup, then the report."""
+    """The Evaluate page's stored result: the measured speedup, then each report."""
     speed = result["speed"]
     columns = st.columns(3)
     columns[0].metric("Measured speedup", f"{speed['speedup']:.2f}x",
@@ -186,4 +232,9 @@ def show_evaluation(result: dict) -> None:
                       f"{speed['batch_size']}, the two models timed in turns")
     columns[1].metric("Original", f"{speed['original_s']:.2f} s")
     columns[2].metric("Pruned", f"{speed['pruned_s']:.2f} s")
-    show_report(result["report"], "evaluation")
+    if result.get("documents"):
+        st.subheader("On your documents (label-free)")
+        show_label_free(result["documents"], "evaluation")
+    if result.get("report"):
+        st.subheader(f"On {result['report']['dataset']}")
+        show_report(result["report"], "evaluation")

@@ -129,14 +129,18 @@ def _write(name: str, label: str, write: Callable) -> None:
 
 
 def _edit(widget: Callable, label: str, name: str, read: Callable, write: Callable, **options):
-    """A widget showing `read(config)`; a change goes into the config through `write(config, value)`."""
+    """A widget showing `read(config)`; a change goes into the config through `write(config, value)`.
+    The widget's state is set only when the config holds another value (a new model, a preset, a
+    refused change): setting it resends it to the browser, over whatever is being typed there."""
     key = K + name
-    st.session_state[key] = read(_draft())
-    value = widget(label, key=key, on_change=_write, args=(name, label, write), **options)
+    value = read(_draft())
+    if key not in st.session_state or st.session_state[key] != value:
+        st.session_state[key] = value
+    shown = widget(label, key=key, on_change=_write, args=(name, label, write), **options)
     problem = st.session_state.pop(PROBLEM_PREFIX + name, None)
     if problem:
         st.error(problem)
-    return value
+    return shown
 
 
 def _field(path: str) -> tuple[Callable, Callable]:

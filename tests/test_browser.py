@@ -133,6 +133,7 @@ def configure(page, documents_file: Path) -> None:
         set_field(page, label, value)
     page.get_by_text(f"Ready: minilm on documents docs.jsonl and task data demo, {RUN_STEPS} steps.").wait_for(
         timeout=30 * SECOND)
+    page.get_by_text("Training reads them at 32 tokens").wait_for()  # every field typed in quick succession kept
     screenshot(page, "1-configure")
 
 

@@ -23,6 +23,8 @@ from prune_engine.label_free import DATASET as LABEL_FREE
 from prune_engine.run_dir import RunDirectory, RunDirectoryBusy
 from prune_engine.trainer import PruningRun
 
+from . import settings
+
 log = logging.getLogger(__name__)
 
 WORKSPACE_ENV = "PRUNE_WORKBENCH_RUNS"
@@ -125,7 +127,7 @@ class RunRecord(RunDirectory):
             "run": self.name,
             "state": self.state(),
             "model": config.model if config else "",
-            "documents": str(config.documents or "") if config else "",
+            "documents": settings.document_names(config.documents) if config and config.documents else "",
             "dataset": (config.dataset or "") if config else "",
             "steps": f"{step}/{total}" if total else str(step),
             "parameters": after.get("total"),

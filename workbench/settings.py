@@ -157,14 +157,15 @@ def describe_duration(config: RunConfig) -> str:
     return f"{count} {'steps' if unit == 'ba' else 'epochs'}"
 
 
-def _names(documents: str | list[str]) -> str:
+def document_names(documents: str | list[str]) -> str:
+    """The documents' file (or data set) names, for short labels."""
     return ", ".join(Path(source).name or source for source in ([documents] if isinstance(documents, str) else documents))
 
 
 def describe_data(config: RunConfig) -> str:
     if config.documents is None:
         return f"{config.dataset} (no documents)"
-    documents = f"documents {_names(config.documents)}"
+    documents = f"documents {document_names(config.documents)}"
     return f"{documents} and task data {config.dataset}" if config.dataset else documents
 
 

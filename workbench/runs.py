@@ -129,13 +129,13 @@ class RunRecord(RunDirectory):
             "model": config.model if config else "",
             "documents": settings.document_names(config.documents) if config and config.documents else "",
             "dataset": (config.dataset or "") if config else "",
-            "steps": f"{step}/{total}" if total else str(step),
-            "parameters": after.get("total"),
-            "reduction": 1 - after["total"] / before["total"] if after and before else None,
-            "structure": info.get("structure_description", ""),
             "retained": kept.share if kept else None,
             "retained on": kept.where if kept else "",
+            "reduction": 1 - after["total"] / before["total"] if after and before else None,
+            "parameters": after.get("total"),
             "measured speedup": evaluation.get("speed", {}).get("speedup"),
+            "steps": f"{step}/{total}" if total else str(step),
+            "structure": info.get("structure_description", ""),
             "updated": f"{datetime.fromtimestamp(status.get('updated', self.path.stat().st_mtime)):%Y-%m-%d %H:%M}",
         }
 

@@ -125,7 +125,8 @@ def test_held_out_structures_are_uneven_and_within_the_model():
     assert any(len(set(s.heads_per_layer)) > 1 for s in structures)
 
 
-def check_calibrated(model: LatencyModel, config: PrunableEncoderConfig, batch: int, length: int, rounds: int):
+def check_calibrated(model: LatencyModel, config: PrunableEncoderConfig, batch: int, length: int, rounds: int,
+                     clock: str = "wall"):
     assert min(model.base, model.layer_fixed, model.per_head, model.per_neuron) >= 0.0
     assert model.per_head > 0 or model.per_neuron > 0
     assert model.full_structure == Structure.of(config)
@@ -133,6 +134,7 @@ def check_calibrated(model: LatencyModel, config: PrunableEncoderConfig, batch: 
     conditions = model.conditions
     assert (conditions.batch_size, conditions.sequence_length, conditions.device) == (batch, length, "cpu")
     assert (conditions.threads, conditions.torch_version, conditions.dtype) == (1, torch.__version__, "float32")
+    assert conditions.clock == clock
     report = model.fit
     assert report.rounds == rounds and len(report.calibration) == 7
     for measurement in report.calibration + report.held_out:
@@ -148,11 +150,18 @@ def test_calibrate_on_the_real_minilm_shape():
     assert len(model.fit.held_out) == 2
 
 
-def test_calibrate_on_an_xlmr_shape_at_its_longest_sequence():
+def test_calibrate_on_an_xlmr_shape_at_its_longest_sequence_in_cpu_time():
     """BGE-M3's kind: positions counted from padding + 1, so 2 of the 40 positions are unusable."""
     config = encoder_config_from_hf(tiny_hf_config("xlm-roberta").to_dict())
-    model = calibrate(config, batch_size=3, sequence_length=38, repeats=3, held_out=1)
-    check_calibrated(model, config, 3, 38, rounds=3)
+    model = calibrate(config, batch_size=3, sequence_length=38, repeats=3, held_out=1, clock="cpu")
+    check_calibrated(model, config, 3, 38, rounds=3, clock="cpu")
+
+
+def test_cpu_clock_needs_one_thread():
+    config = encoder_config_from_hf(tiny_hf_config("xlm-roberta").to_dict())
+    torch.set_num_threads(2)
+    with pytest.raises(ValueError, match=r"only on one CPU thread: call torch.set_num_threads\(1\)"):
+        calibrate(config, batch_size=1, sequence_length=8, clock="cpu")
 
 
 @pytest.mark.parametrize(
@@ -163,6 +172,7 @@ def test_calibrate_on_an_xlmr_shape_at_its_longest_sequence():
         (dict(batch_size=1, sequence_length=8, device="meta"), "device must be 'cpu' or 'cuda'"),
         (dict(batch_size=1, sequence_length=8, repeats=0), "repeats must be at least 1"),
         (dict(batch_size=1, sequence_length=8, held_out=0), "held_out must be at least 1"),
+        (dict(batch_size=1, sequence_length=8, clock="gpu"), r"clock must be one of \['cpu', 'wall'\]"),
     ],
 )
 def test_calibrate_refuses_bad_input_before_building_models(monkeypatch, arguments, message):

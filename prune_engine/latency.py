@@ -53,7 +53,7 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 @dataclass(frozen=True)
 class Conditions:
     """What the coefficients hold for: another batch, length, device, dtype or thread count needs
-    its own calibration."""
+    its own calibration. `clock` says whether they are wall or CPU seconds (see CLOCKS)."""
 
     batch_size: int
     sequence_length: int

@@ -19,9 +19,11 @@ from .encoding_cache import EncodingCache
 from .evaluate import compare, format_report
 from .export import export_embedder, pruning_info
 from .l0 import StructureMasks
+from .latency import measured_against_prediction
 from .prune import kept_indices
 from .run_dir import RunDirectory
 from .sources import resolve_model_dir
+from .targets import LatencyTarget, SizeTarget
 
 NO_DOCUMENTS_WARNING = (
     "No documents were given, so retrieval on your own data is not protected and not measured: the model "
@@ -48,8 +50,9 @@ def export_run(student: Embedder, config: RunConfig, run_dir: RunDirectory, sour
 
 
 def run_report(config: RunConfig, teacher: Embedder, student: Embedder, documents: DocumentSplit | None,
-               timings: dict[str, float]) -> dict:
-    """report.json: the evaluation data's figures per split, the documents' label-free figures."""
+               target: SizeTarget, timings: dict[str, float]) -> dict:
+    """report.json: the evaluation data's figures per split, the documents' label-free figures, and
+    for a latency target the export's latency measured against the prediction."""
     report: dict = {"dataset": config.eval_dataset or config.dataset, "splits": {}, "unavailable": {},
                     "warnings": [], "timings_s": timings}
     # The original's encodings are the same for every run pruned from it: read them from the cache.
@@ -63,6 +66,10 @@ def run_report(config: RunConfig, teacher: Embedder, student: Embedder, document
                 report["unavailable"][split] = str(error)
                 continue
             report["splits"].update(part["splits"])
+    if isinstance(target, LatencyTarget):
+        vocab = min(teacher.config.vocab_size, student.config.vocab_size)
+        report["latency"] = {"target_s": target.seconds, "target_speedup": target.speedup, **measured_against_prediction(
+            target.model, teacher.encoder, student.encoder, vocab, student.config.pad_token_id)}
     if documents is None:
         report["warnings"].append(NO_DOCUMENTS_WARNING)
     else:
@@ -78,5 +85,10 @@ def report_text(report: dict) -> str:
     parts = [format_report(report)] if report["splits"] else []
     if "documents" in report:
         parts.append(format_report(report["documents"]))
+    if "latency" in report:
+        latency = report["latency"]
+        parts.append(f"latency per batch of {latency['conditions']['batch_size']} x {latency['conditions']['sequence_length']}: "
+                     f"predicted {latency['predicted_s'] * 1000:.1f} ms ({latency['predicted_speedup']:.2f}x), measured "
+                     f"{latency['measured_s'] * 1000:.1f} ms ({latency['measured_speedup']:.2f}x faster than the original)")
     parts += [f"warning: {warning}" for warning in report["warnings"]]
     return "\n".join(parts)

@@ -311,6 +311,25 @@ def _forward_seconds(model: PrunableEncoderModel, input_ids: torch.Tensor, atten
     return now() - start
 
 
+def random_tokens(vocab_size: int, pad_token_id: int, batch_size: int, sequence_length: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length) ids of anything but padding, so every position is a real token."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab_size - 1, (batch_size, sequence_length), generator=generator)
+    return input_ids + (input_ids >= pad_token_id).long()
+
+
+def measured_against_prediction(model: LatencyModel, original, pruned, vocab_size: int, pad_token_id: int) -> dict:
+    """The pruned encoder timed beside the original at the model's conditions, against what the
+    model predicts for its structure: the check a latency target is judged by."""
+    c = model.conditions
+    input_ids = random_tokens(vocab_size, pad_token_id, c.batch_size, c.sequence_length).to(c.device)
+    (original_s, pruned_s), rounds = time_interleaved([original, pruned], input_ids, None, c.clock)
+    predicted = model.predict(Structure.of(pruned.config))
+    return {"predicted_s": predicted, "measured_s": pruned_s, "original_measured_s": original_s,
+            "predicted_speedup": model.full_latency / predicted, "measured_speedup": original_s / pruned_s,
+            "rounds": rounds, "conditions": asdict(c)}
+
+
 def time_interleaved(models: list, input_ids: torch.Tensor, repeats: int | None,
                      clock: str = "wall") -> tuple[list[float], int]:
     """Median seconds per forward of each model over interleaved rounds (one of each per round, in
@@ -369,10 +388,7 @@ def calibrate(
     fitted_on = calibration_structures(config)
     checked_on = held_out_structures(config, held_out, seed)
     models = _timed_models(config, fitted_on + checked_on, target, dtype)
-    generator = torch.Generator().manual_seed(seed)
-    # Any id but padding, so the whole sequence is real tokens: (batch, length).
-    input_ids = torch.randint(0, config.vocab_size - 1, (batch_size, sequence_length), generator=generator)
-    input_ids = (input_ids + (input_ids >= config.pad_token_id).long()).to(target)
+    input_ids = random_tokens(config.vocab_size, config.pad_token_id, batch_size, sequence_length, seed).to(target)
     seconds, rounds = time_interleaved(models, input_ids, repeats, clock)
     base, layer_fixed, per_head, per_neuron = fit_coefficients(fitted_on, seconds[: len(fitted_on)])
     conditions = Conditions(batch_size, sequence_length, target.type, str(dtype).removeprefix("torch."),

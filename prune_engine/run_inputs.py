@@ -19,6 +19,7 @@ from .config import RunConfig
 from .data import TextCorpus, TrainingData, load_training_data
 from .documents import DocumentSplit, choose_length, load_documents, split_documents
 from .embedder import Embedder
+from .latency import LatencyModel, calibrate
 from .run_dir import RunDirectory, TrainingError
 from .sources import load_embedder
 from .targets import SizeTarget
@@ -27,6 +28,7 @@ from .targets import SizeTarget
 RESULT_NEUTRAL_KEYS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "output_dir", "eval_splits",
                                  "eval_dataset", "eval_batch_size"})
 DEFAULT_LENGTH_CAP = 512  # training length without documents, at most the model's own limit
+LATENCY_MODEL_FILE = "latency_model.json"
 
 
 @dataclass
@@ -129,12 +131,28 @@ def _length(config: RunConfig, teacher: Embedder, documents: DocumentSplit | Non
     return choice.length
 
 
-def load_inputs(config: RunConfig) -> RunInputs:
+def latency_model(config: RunConfig, teacher: Embedder, directory: RunDirectory) -> LatencyModel | None:
+    """This machine's latency cost model for a latency target: calibrated when a run starts and
+    kept in the run directory, so a resumed run aims at the same target."""
+    if not config.latency_target:
+        return None
+    path = directory.path / LATENCY_MODEL_FILE
+    if path.is_file():
+        return LatencyModel.load(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock = "cpu" if device == "cpu" and torch.get_num_threads() == 1 else "wall"  # CPU time: steady on a shared box
+    model = calibrate(teacher.config, config.latency_batch_size, config.latency_length, device=device, clock=clock)
+    model.save(path)
+    return model
+
+
+def load_inputs(config: RunConfig, directory: RunDirectory) -> RunInputs:
     _seed_everything(config.seed)
     data, documents = _read_data(config)
     teacher = load_embedder(config.model, trust_remote_code=config.trust_remote_code)
     teacher.requires_grad_(False).eval()
-    target = config.size_target(teacher.config, teacher.output_head_parameters())
+    target = config.size_target(teacher.config, teacher.output_head_parameters(),
+                                latency_model(config, teacher, directory))
     target.validate(teacher.config, tuple(config.structures))
     warnings: list[str] = []
     if documents is None:

@@ -30,12 +30,12 @@ from .config import RunConfig
 from .embedder import Embedder
 from .finish import export_run, report_text, run_report
 from .l0 import L0Masks, StructureMasks
+from .lagrangian import Lagrangian
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
 from .objective import PruningObjective, scheduler_at, weights_and_gates_optimizer
 from .prune import prune_embedder
 from .run_dir import RunDirectory, TrainingError
 from .run_inputs import check_resumable, load_inputs
-from .targets import Lagrangian
 from .teacher import Teacher
 
 
@@ -122,7 +122,7 @@ class PruningRun:
         try:
             started = time.perf_counter()
             checkpoint, warnings = check_resumable(self.directory, self.config, resume, self.allow_config_change)
-            self.inputs = load_inputs(self.config)
+            self.inputs = load_inputs(self.config, self.directory)
             self.inputs.teacher.to(self.accelerator.device)
             self.timings["load"] = time.perf_counter() - started
             self.schedule = BatchSchedule(
@@ -363,7 +363,8 @@ class PruningRun:
     def _end_mask_phase(self) -> None:
         student = self.accelerator.unwrap_model(self.objective).student
         self.phase = "finetune"
-        self._fix_masks(student, self.inputs.target.final_masks(self.masks))
+        alignment = self.config.alignment(on_gpu=self.accelerator.device.type == "cuda")
+        self._fix_masks(student, self.inputs.target.final_masks(self.masks, alignment))
         self._emit("phase", self._size_metrics(), self._gates(), "masks fixed; fine-tuning the pruned structure")
 
     def _finish(self) -> RunResult:
@@ -376,7 +377,8 @@ class PruningRun:
                 self.inputs.target.describe(), self.step, self.inputs.vocabulary_texts)
             self.timings["export"] = time.perf_counter() - started
             started = time.perf_counter()
-            report = run_report(self.config, self.inputs.teacher, student, self.inputs.documents, self.timings)
+            report = run_report(self.config, self.inputs.teacher, student, self.inputs.documents, self.inputs.target,
+                                self.timings)
             report["timings_s"]["evaluation"] = time.perf_counter() - started
             self.directory.write_report(report, report_text(report))
         self._status("done")

@@ -353,3 +353,16 @@ def test_demo_config_end_to_end_on_the_real_minilm(tmp_path):
     structure = Structure(tuple(info["heads_per_layer"]), tuple(info["intermediate_sizes"]), minilm.vocab_size)
     assert info["parameters_after"] == count_parameters(minilm, structure).as_dict()
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def test_a_speedup_target_calibrates_this_machine_and_reports_the_measured_speedup(tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "target_params=null", "target_speedup=1.6",
+                         "latency_batch_size=4", "latency_length=16", "eval_splits=[]")
+    result = PruningRun(config).run()
+    model = json.loads((result.run_dir / "latency_model.json").read_text())
+    assert model["conditions"]["batch_size"] == 4 and model["per_neuron"] >= 0
+    latency = json.loads((result.run_dir / "report.json").read_text())["latency"]
+    # The structure is cut to the predicted target; what the export measures is beside it.
+    assert latency["predicted_speedup"] == pytest.approx(1.6, rel=0.05)
+    assert latency["measured_speedup"] > 1.0 and latency["measured_s"] > 0
+    assert "measured" in (result.run_dir / "report.txt").read_text()

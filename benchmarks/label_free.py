@@ -34,9 +34,10 @@ from scipy.stats import pearsonr, spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from baselines import evenly_spaced, layer_drop_masks  # noqa: E402
+
 from prune_engine.data import RetrievalTask, load_retrieval, shared_data_dir  # noqa: E402
 from prune_engine.evaluate import AGREEMENT, MIXED_PREFIX, Encoded, encode, retrieval_figures  # noqa: E402
-from prune_engine.importance import evenly_spaced, layer_drop_masks  # noqa: E402
 from prune_engine.label_free import AGREEMENT_AT_10, label_free_rows, pseudo_query_task, split_held_out  # noqa: E402
 from prune_engine.prune import prune_embedder  # noqa: E402
 from prune_engine.sources import load_embedder  # noqa: E402

@@ -31,6 +31,16 @@ class EmbeddingOutput:
     colbert_vectors: torch.Tensor | None = None  # (batch, length - 1, colbert_dim), normalised, zero on padding
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One model's outputs for a list of texts, as numpy arrays. Sparse weights are keyed by token
+    text, not id, so a model with a trimmed vocabulary can be scored against the original's index."""
+
+    dense: np.ndarray
+    sparse: list[dict[str, float]] | None = None
+    colbert: list[np.ndarray] | None = None
+
+
 def pool(token_states: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """(batch, length, hidden) -> (batch, hidden)."""
     if mode == "cls":

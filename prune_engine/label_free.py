@@ -26,9 +26,9 @@ import numpy as np
 
 from . import metrics
 from .data import DataError, RetrievalTask
-from .embedder import Embedder
+from .embedder import Embedder, Encoded
 from .encoding_cache import EncodingCache
-from .evaluate import AGREEMENT, MIXED_PREFIX, Encoded, comparison_rows, encode_data, retrieval_figures
+from .evaluate import AGREEMENT, MIXED_PREFIX, comparison_rows, encode_data, retrieval_figures
 
 Document = tuple[str | None, str]  # (title or None, text)
 

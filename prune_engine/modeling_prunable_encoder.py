@@ -26,6 +26,19 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput
 
 
+def _check_layers(heads_per_layer: list[int], intermediate_sizes: list[int], num_attention_heads: int) -> None:
+    if len(heads_per_layer) != len(intermediate_sizes):
+        raise ValueError(
+            f"heads_per_layer has {len(heads_per_layer)} layers but intermediate_sizes has "
+            f"{len(intermediate_sizes)}; give one entry per layer in both"
+        )
+    bad = [n for n in list(heads_per_layer) + list(intermediate_sizes) if int(n) != n or n < 0]
+    if bad:
+        raise ValueError(f"per-layer head counts and FFN sizes must be non-negative integers, got {bad}")
+    if any(h > num_attention_heads for h in heads_per_layer):
+        raise ValueError(f"a layer cannot have more than num_attention_heads={num_attention_heads} heads: {heads_per_layer}")
+
+
 class PrunableEncoderConfig(PretrainedConfig):
     """Config with explicit per-layer structure: `heads_per_layer[i]` heads of `attention_head_size`
     and `intermediate_sizes[i]` FFN neurons in layer i. The hidden size is never pruned."""
@@ -65,18 +78,7 @@ class PrunableEncoderConfig(PretrainedConfig):
                     "give attention_head_size explicitly"
                 )
             attention_head_size = hidden_size // num_attention_heads
-        if len(heads_per_layer) != len(intermediate_sizes):
-            raise ValueError(
-                f"heads_per_layer has {len(heads_per_layer)} layers but intermediate_sizes has "
-                f"{len(intermediate_sizes)}; give one entry per layer in both"
-            )
-        bad = [n for n in list(heads_per_layer) + list(intermediate_sizes) if int(n) != n or n < 0]
-        if bad:
-            raise ValueError(f"per-layer head counts and FFN sizes must be non-negative integers, got {bad}")
-        if any(h > num_attention_heads for h in heads_per_layer):
-            raise ValueError(
-                f"a layer cannot have more than num_attention_heads={num_attention_heads} heads: {heads_per_layer}"
-            )
+        _check_layers(heads_per_layer, intermediate_sizes, num_attention_heads)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_attention_heads = num_attention_heads

@@ -10,10 +10,11 @@ import re
 
 import pytest
 
+from benchmarks.baselines import evenly_spaced, layer_drop_masks
 from prune_engine.data import DataError
+from prune_engine.embedder import Encoded
 from prune_engine.encoding_cache import EncodingCache
-from prune_engine.evaluate import AGREEMENT, MIXED_PREFIX, Encoded, encode_data, format_report
-from prune_engine.importance import evenly_spaced, layer_drop_masks
+from prune_engine.evaluate import AGREEMENT, MIXED_PREFIX, encode_data, format_report
 from prune_engine.label_free import (
     AGREEMENT_AT_10,
     FALLBACK_QUERY_WORDS,

@@ -117,7 +117,7 @@ def _documents_report(args, model, original) -> dict:
     from .label_free import label_free_report, pseudo_query_task
 
     split = split_documents(load_documents(args.documents), args.documents_held_out)
-    task = pseudo_query_task([(d.title, d.text) for d in split.held_out.documents], split.training.texts(),
+    task = pseudo_query_task(split.held_out.documents, split.training.texts(),
                              source=split.held_out.source)
     return label_free_report(original, model, task, args.batch_size, show_progress=True)
 

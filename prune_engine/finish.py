@@ -75,7 +75,7 @@ def run_report(config: RunConfig, teacher: Embedder, student: Embedder, document
     else:
         from .label_free import label_free_report, pseudo_query_task
 
-        task = pseudo_query_task([(d.title, d.text) for d in documents.held_out.documents], documents.training.texts(),
+        task = pseudo_query_task(documents.held_out.documents, documents.training.texts(),
                                  source=documents.held_out.source)
         report["documents"] = label_free_report(teacher, student, task, config.eval_batch_size, original_cache=cache)
     return report

@@ -152,6 +152,14 @@ class VocabConfig:
 
 
 @dataclass
+class ServingConfig:
+    """Serving formats written beside the export (serving.py)."""
+
+    onnx: bool = False  # also onnx/model.onnx (fp32) and onnx/model_qint8.onnx (int8), both scored
+    int8_threshold: float = field(default=0.99, metadata=_range(0.0, 1.0, low_open=True))  # share of fp32 int8 must keep
+
+
+@dataclass
 class RunConfig:
     """The default recipe is the one that measured best for retrieval against an existing index
     (benchmarks/RESULTS.md): distil on the documents the model serves, distillation first (the
@@ -204,6 +212,7 @@ class RunConfig:
     output_dir: str = "runs/run"
     trust_remote_code: bool = False
     vocab: VocabConfig | None = None
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self):
         targets = [key for key in TARGET_KEYS if getattr(self, key) is not None]

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import metrics
 from .data import DataError, RetrievalTask
-from .documents import Document
+from .documents import Document, DocumentSplit
 from .embedder import Embedder, Encoded
 from .encoding_cache import EncodingCache
 from .evaluate import AGREEMENT, MIXED_PREFIX, comparison_rows, encode_data, retrieval_figures
@@ -126,6 +126,11 @@ def pseudo_query_task(held_out: Sequence[Document], distractors: Sequence[str], 
         source=(f"{source or 'held-out documents'}: {len(queries)} pseudo-queries over {len(passages)} held-out "
                 f"passages + {len(chosen)} of {len(distractors)} distractors ({', '.join(notes)})"),
     )
+
+
+def held_out_task(documents: DocumentSplit, seed: int = 0) -> RetrievalTask:
+    """The pseudo-query task of a run's held-out documents, with its training documents as distractors."""
+    return pseudo_query_task(documents.held_out.documents, documents.training.texts(), seed, source=documents.held_out.source)
 
 
 def top_k_agreement(task: RetrievalTask, original: Mapping[str, Encoded], pruned: Mapping[str, Encoded],

@@ -278,7 +278,8 @@ class OnnxEmbedder:
         self.pooling, self.normalize, declared_length = read_sentence_transformers_settings(self.directory)
         self.max_length = _serving_length(self.directory, self.tokenizer, declared_length)
         self.session = _session(self.model_path, threads, providers)
-        self.hidden_size = int(self.session.get_outputs()[0].shape[-1])
+        self.config = read_encoder_config(str(self.directory))
+        self.hidden_size = self.config.hidden_size
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")

@@ -28,7 +28,7 @@ from .batches import BatchSchedule, make_batch
 from .checkpoint import Checkpoint, CheckpointError, latest_usable, save_checkpoint
 from .config import RunConfig
 from .embedder import Embedder
-from .finish import export_run, report_text, run_report
+from .finish import Evaluation, export_run, report_text, run_report, serving_variants
 from .l0 import L0Masks, StructureMasks
 from .lagrangian import Lagrangian
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
@@ -377,9 +377,13 @@ class PruningRun:
                 self.inputs.target.describe(), self.step, self.inputs.vocabulary_texts)
             self.timings["export"] = time.perf_counter() - started
             started = time.perf_counter()
-            report = run_report(self.config, self.inputs.teacher, student, self.inputs.documents, self.inputs.target,
-                                self.timings)
+            evaluation = Evaluation.for_run(self.config, self.inputs.teacher, self.inputs.documents)
+            report = run_report(evaluation, student, self.inputs.target, self.timings)
             report["timings_s"]["evaluation"] = time.perf_counter() - started
+            if self.config.serving.onnx:
+                started = time.perf_counter()
+                report["serving"] = serving_variants(export_dir, evaluation, self.config.serving.int8_threshold)
+                report["timings_s"]["serving"] = time.perf_counter() - started
             self.directory.write_report(report, report_text(report))
         self._status("done")
         self._emit("done", gates=self._gates(), message=str(export_dir))

@@ -357,6 +357,7 @@ def test_demo_config_end_to_end_on_the_real_minilm(tmp_path):
 
 def test_a_speedup_target_calibrates_this_machine_and_reports_the_measured_speedup(tiny_model_dir, tmp_path):
     config = tiny_config(tiny_model_dir, tmp_path / "run", "target_params=null", "target_speedup=1.6",
+                         "structures=[layers, heads, ffn]",
                          "latency_batch_size=4", "latency_length=16", "eval_splits=[]")
     result = PruningRun(config).run()
     model = json.loads((result.run_dir / "latency_model.json").read_text())
@@ -366,3 +367,23 @@ def test_a_speedup_target_calibrates_this_machine_and_reports_the_measured_speed
     assert latency["predicted_speedup"] == pytest.approx(1.6, rel=0.05)
     assert latency["measured_speedup"] > 1.0 and latency["measured_s"] > 0
     assert "measured" in (result.run_dir / "report.txt").read_text()
+
+
+def test_onnx_variants_are_written_and_the_quality_gate_decides_in_pruning_info(tiny_model_dir, tmp_path):
+    from prune_engine.serving import OnnxEmbedder
+
+    documents = tmp_path / "documents.txt"
+    documents.write_text("\n".join(f"document {i} tells of topic {i % 7} and of nothing else at all" for i in range(60)))
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "max_duration=4ba", "eval_splits=[test]",
+                         f"documents={documents}", "serving.onnx=true")
+    result = PruningRun(config).run()
+    serving = json.loads((result.export_dir / "pruning_info.json").read_text())["serving"]
+    gate = serving["quality_gate"]
+    assert set(serving["onnx"]["files"]) == {"fp32", "int8"} and gate["recommended"] in ("fp32", "int8")
+    assert gate["figures"] and all(name.startswith(("test/", "documents/")) for name in gate["figures"])
+    assert gate["int8_recommended"] == all(row["kept"] >= 0.99 for row in gate["figures"].values())
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert set(report["serving"]["evaluations"]) == {"fp32", "int8"}
+    assert gate["decision"] in (result.run_dir / "report.txt").read_text()
+    vectors = OnnxEmbedder(result.export_dir, "int8").encode(["a sentence to embed", "another one"])
+    assert vectors.shape == (2, 32)

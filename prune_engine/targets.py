@@ -78,7 +78,8 @@ def fit_to_budget(masks: L0Masks, budget: float, cost: Callable[[Structure], flo
     scores = {**_all_kept(config), **masks.scores()}
     with torch.no_grad():
         expected = masks.expected_structure()
-    layers = _layers_for_budget(config, torch.cat(scores["layers"]), round(float(expected["layers"])), budget, cost)
+    layers = _layers_for_budget(config, torch.cat(scores["layers"]), round(float(expected["layers"])), budget, cost,
+                                "layers" in masks.groups)
     chosen = {name: [_top_k_mask(s, round(float(e))) for s, e in zip(scores[name], expected[name], strict=True)]
               for name in ("heads", "ffn")}
     result = StructureMasks(layers, chosen["heads"], chosen["ffn"])
@@ -105,15 +106,21 @@ def fit_to_budget(masks: L0Masks, budget: float, cost: Callable[[Structure], flo
     return result
 
 
-def _layers_for_budget(config, layer_scores: torch.Tensor, n_layers: int, budget: float, cost) -> torch.Tensor:
-    """The best-scored `n_layers` layers, more while even all their units would fall short of the
-    budget (undecided gates can round to fewer layers than the budget needs)."""
-    whole = lambda layers: StructureMasks(  # noqa: E731
-        layers, [torch.ones(h, dtype=torch.bool) for h in config.heads_per_layer],
-        [torch.ones(f, dtype=torch.bool) for f in config.intermediate_sizes])
-    while n_layers < config.num_hidden_layers and cost(
-            whole(_top_k_mask(layer_scores, n_layers)).kept_structure(config.vocab_size)) < budget:
+def _layers_for_budget(config, layer_scores: torch.Tensor, n_layers: int, budget: float, cost,
+                       layers_gated: bool) -> torch.Tensor:
+    """The best-scored `n_layers` layers; more while even all their units would fall short of the
+    budget (undecided gates can round to fewer layers than it needs), fewer (if layers are pruned)
+    while even none of their units would fit in it (a cost whose layers weigh more than their units)."""
+
+    def kept(layers: torch.Tensor, units: bool) -> float:
+        masks = StructureMasks(layers, [torch.full((h,), units) for h in config.heads_per_layer],
+                               [torch.full((f,), units) for f in config.intermediate_sizes])
+        return cost(masks.kept_structure(config.vocab_size))
+
+    while n_layers < config.num_hidden_layers and kept(_top_k_mask(layer_scores, n_layers), True) < budget:
         n_layers += 1
+    while layers_gated and n_layers > 0 and kept(_top_k_mask(layer_scores, n_layers), False) > budget:
+        n_layers -= 1
     return _top_k_mask(layer_scores, n_layers)
 
 

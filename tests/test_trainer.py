@@ -363,8 +363,9 @@ def test_a_speedup_target_calibrates_this_machine_and_reports_the_measured_speed
     model = json.loads((result.run_dir / "latency_model.json").read_text())
     assert model["conditions"]["batch_size"] == 4 and model["per_neuron"] >= 0
     latency = json.loads((result.run_dir / "report.json").read_text())["latency"]
-    # The structure is cut to the predicted target; what the export measures is beside it.
-    assert latency["predicted_speedup"] == pytest.approx(1.6, rel=0.05)
+    # The structure is cut to at least the predicted target (a tiny model's time is mostly per layer,
+    # so the steps are coarse); what the export measures is beside it.
+    assert latency["predicted_speedup"] >= 1.6 * (1 - 1e-9) and latency["predicted_s"] <= latency["target_s"] * (1 + 1e-9)
     assert latency["measured_speedup"] > 1.0 and latency["measured_s"] > 0
     assert "measured" in (result.run_dir / "report.txt").read_text()
 

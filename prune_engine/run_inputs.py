@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, latest_usable
 from .config import RunConfig
-from .data import TextCorpus, TrainingData, load_training_data
+from .data import DataError, TextCorpus, TrainingData, load_texts, load_training_data, resolve_dataset
 from .documents import DocumentSplit, choose_length, load_documents, split_documents
 from .embedder import Embedder
 from .run_dir import RunDirectory, TrainingError
@@ -131,7 +132,19 @@ def _read_data(config: RunConfig) -> tuple[TrainingData, DocumentSplit | None]:
         data = load_training_data(config.dataset, "train")
     if len(data) < 2:
         raise TrainingError(f"{config.dataset}: {len(data)} training example(s); a run needs at least 2")
+    _check_data_read_after_training(config)
     return data, documents
+
+
+def _check_data_read_after_training(config: RunConfig) -> None:
+    """The vocabulary's corpus (read at export) and the evaluation set (read for the report), checked
+    now: a mistyped name or a bad file must not cost the training before it."""
+    if config.vocab is not None and config.vocab.corpus is not None:
+        load_texts(config.vocab.corpus, "train")
+    if config.eval_dataset is not None:
+        ref = resolve_dataset(config.eval_dataset)
+        if ref.kind == "file" and not Path(ref.argument).expanduser().is_file():
+            raise DataError(f"eval_dataset: file not found: {ref.argument}")
 
 
 def _length(config: RunConfig, teacher: Embedder, documents: DocumentSplit | None, warnings: list[str]) -> int:

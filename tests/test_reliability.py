@@ -502,20 +502,24 @@ def test_exports_load_without_prompts_or_warnings_and_count_what_loads(minilm, t
 # --------------------------------------------------------------------------- 7. bad data before the model
 
 
-@pytest.mark.parametrize(("option", "content", "expected"), [
-    ("--dataset", "a,b\n1,2\n", "missing column(s)"),
-    ("--dataset", "sentence1,sentence2,score\n", "no data rows"),
-    ("--documents", None, "documents file not found"),
-    ("--documents", "".join(f"document {i}\n" for i in range(10)), "10 distinct documents is too few"),
+@pytest.mark.parametrize(("arguments", "name", "content", "expected"), [
+    (("--dataset", "{}"), "data.csv", "a,b\n1,2\n", "missing column(s)"),
+    (("--dataset", "{}"), "data.csv", "sentence1,sentence2,score\n", "no data rows"),
+    (("--documents", "{}"), "documents.txt", None, "documents file not found"),
+    (("--documents", "{}"), "documents.txt", "".join(f"document {i}\n" for i in range(10)), "10 distinct documents is too few"),
+    (("vocab={{corpus: {}}}",), "corpus.txt", None, "file not found"),  # read at export, after training: checked first
+    (("eval_dataset={}",), "eval.csv", None, "eval_dataset: file not found"),  # read for the report, after training
 ])
 def test_bad_data_fails_before_the_model_loads_and_leaves_no_run_directory(tiny_model_dir, tmp_path, capsys,
-                                                                           monkeypatch, option, content, expected):
+                                                                           monkeypatch, arguments, name, content,
+                                                                           expected):
     monkeypatch.setattr(run_inputs, "load_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
-    data = tmp_path / ("data.csv" if option == "--dataset" else "documents.txt")
+    data = tmp_path / name
     if content is not None:
         data.write_text(content)
     run_dir = tmp_path / "runs" / "run"
     settings = config_file(tiny_config(tiny_model_dir, run_dir), tmp_path / "run.yaml")
-    code, errors = cli(["prune", settings, option, data], capsys)
+    given = [argument.format(data) for argument in arguments]
+    code, errors = cli(["prune", settings, *given], capsys)
     assert code == 2 and len(errors) == 1 and expected in errors[0]
     assert not (tmp_path / "runs").exists()  # nor the folder made to hold it

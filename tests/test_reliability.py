@@ -475,6 +475,7 @@ LOAD_EXPORTS = """
 """
 
 
+@pytest.mark.slow  # about 30 s: two fresh processes importing transformers and sentence-transformers
 def test_exports_load_without_prompts_or_warnings_and_count_what_loads(minilm, tmp_path):
     uneven = random_uneven_masks(minilm.config, seed=5, drop_layer=3)
     layers_dropped = StructureMasks(
@@ -497,6 +498,12 @@ def test_exports_load_without_prompts_or_warnings_and_count_what_loads(minilm, t
         assert counts[str(export)] == after["embeddings"] + after["encoder"] + info["pooler_parameters"]
         assert after["total"] == after["embeddings"] + after["encoder"]  # the README's figures: no pooler
         assert "pooler" in info["parameters_counted"]
+    # Without the flag an uneven export is refused by transformers, never loaded as a wrong stock model.
+    refused = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoModel; "
+                              "AutoModel.from_pretrained(sys.argv[1])", str(exports["remote"])],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert refused.returncode != 0 and "ignore_mismatched_sizes" in refused.stderr
 
 
 # --------------------------------------------------------------------------- 7. bad data before the model

@@ -93,7 +93,10 @@ def _choose_model() -> tuple[str, bool]:
         "Hub id or local directory", **_setting("model_other"), placeholder="BAAI/bge-m3, or /path/to/a/model"
     ).strip()
     trust = st.checkbox("Trust remote code", **_setting("trust_remote_code"),
-                        help="Lets a hub model's own tokenizer code run. Tick it only for models you trust.")
+                        help="Runs the Python file the model's tokenizer_config.json names for its tokenizer "
+                             "(auto_map.AutoTokenizer), and nothing else: the encoder is always this tool's own "
+                             "code and the config's module is never imported. Tick it only for models whose "
+                             "code you trust.")
     return source, trust
 
 

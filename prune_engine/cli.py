@@ -24,8 +24,8 @@ ENGINE_ERRORS = (ConfigError, DataError, ModelSourceError, TargetError, Training
 
 
 def _print_event(event) -> None:
-    if event.kind in ("warning", "error"):
-        print(f"{'note' if event.kind == 'warning' else 'error'}: {event.message}", file=sys.stderr)
+    if event.kind == "warning":  # an error is printed once, by main, as the run's last line
+        print(f"note: {event.message}", file=sys.stderr)
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -258,7 +258,11 @@ def _add_eval(commands) -> None:
                         help=f"encode the original again rather than reading its encodings of the same texts from "
                              f"${CACHE_ENV}/encodings (default ~/.cache/prune_engine/encodings)")
     parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true",
-                        help="allow the model's own code to run (see the README: what runs when this is set)")
+                        help="run the Python file a model's tokenizer_config.json names for its tokenizer "
+                             "(auto_map.AutoTokenizer; transformers copies it into its module cache and imports "
+                             "it); nothing else of the model's runs: the encoder is this tool's own code and the "
+                             "config's module (config.json auto_map) is never imported. A pruning run reads "
+                             "`trust_remote_code: true` from its config instead")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="also write the report as JSON to PATH; with no PATH, print JSON instead of the table")
     parser.set_defaults(handler=_eval)

@@ -12,38 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from prune_engine.accounting import Structure, count_parameters
 from prune_engine.config import load_config
 from prune_engine.l0 import StructureMasks
 from prune_engine.run_dir import TrainingError
-from prune_engine.sources import bundled_minilm_dir, load_embedder
+from prune_engine.sources import load_embedder
 from prune_engine.targets import TargetError
 from prune_engine.trainer import PruningRun
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A random 3-layer BERT (hidden 32) saved as a stock checkpoint with MiniLM's tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(bundled_minilm_dir()).save_pretrained(directory)
-    return directory
-
-
-def tiny_config(model_dir: Path, run_dir: Path, *overrides: str):
-    return load_config(None, [
-        f"model={model_dir}", "dataset=demo", f"output_dir={run_dir}", "target_params.fraction=0.5",
-        "batch_size=8", "max_length=32", "max_duration=8ba", "mask_fraction=0.5", "log_every=1",
-        "checkpoint_every=4", "optimizer.lr=1e-3", *overrides,
-    ])
 
 
 def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -383,7 +383,10 @@ def configure() -> None:
             st.info("Type a hub id (such as BAAI/bge-m3) or the path of a local model directory.")
         return
     _edit(st.checkbox, "Trust remote code", "trust_remote_code", *_field("trust_remote_code"),
-          help="Lets a hub model's own tokenizer code run. Tick it only for models you trust.")
+          help="Runs the Python file the model's tokenizer_config.json names for its tokenizer "
+               "(auto_map.AutoTokenizer), and nothing else: the encoder is always this tool's own "
+               "code and the config's module is never imported. Tick it only for models whose "
+               "code you trust.")
     st.caption(shape.describe())
     if shape.note:
         st.info(shape.note)

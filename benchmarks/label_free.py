@@ -34,22 +34,19 @@ from scipy.stats import pearsonr, spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prune_engine.data import RetrievalTask, load_retrieval, shared_data_dir  # noqa: E402
-from prune_engine.evaluate import AGREEMENT, MIXED_PREFIX, Encoded, encode, retrieval_figures  # noqa: E402
-from prune_engine.importance import evenly_spaced, layer_drop_masks  # noqa: E402
-from prune_engine.label_free import AGREEMENT_AT_10, label_free_rows, pseudo_query_task, split_held_out  # noqa: E402
+from baselines import evenly_spaced, layer_drop_masks  # noqa: E402
+
+from prune_engine.data import RetrievalTask, load_eval_data, shared_data_dir  # noqa: E402
+from prune_engine.documents import load_documents, split_documents  # noqa: E402
+from prune_engine.embedder import Encoded  # noqa: E402
+from prune_engine.evaluate import AGREEMENT, MIXED_PREFIX, encode, retrieval_figures  # noqa: E402
+from prune_engine.label_free import AGREEMENT_AT_10, label_free_rows, pseudo_query_task  # noqa: E402
 from prune_engine.prune import prune_embedder  # noqa: E402
 from prune_engine.sources import load_embedder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DATASETS = {"scifact": "scifact", "trec-dl-2019": "msmarco/trec-dl-2019-beir"}
 NDCG, RECALL = "ndcg_at_10", "recall_at_100"
-
-
-def read_documents(folder: Path) -> list[tuple[str | None, str]]:
-    """(title or None, text) of each corpus.jsonl row, in file order."""
-    with (folder / "corpus.jsonl").open(encoding="utf-8") as handle:
-        return [(row.get("title") or None, row.get("text") or "") for row in map(json.loads, handle)]
 
 
 def encode_tasks(model, tasks: list[RetrievalTask], batch_size: int, label: str) -> list[dict[str, Encoded]]:
@@ -100,9 +97,10 @@ def comparison_row(labelled: RetrievalTask, before: dict, after: dict, free_rows
 
 def dataset_rows(name: str, models: dict, args) -> tuple[str, list[dict]]:
     folder = shared_data_dir() / DATASETS[name]
-    labelled = load_retrieval(folder, "test")
-    held_out, rest = split_held_out(read_documents(folder), args.fraction, args.seed)
-    free = pseudo_query_task(held_out, rest, args.seed, args.max_distractors, source=f"{name} corpus")
+    labelled = load_eval_data(str(folder), "test")
+    split = split_documents(load_documents(str(folder / "corpus.jsonl")), args.fraction)  # the product's held-out slice
+    free = pseudo_query_task(split.held_out.documents, split.training.texts(), args.seed, args.max_distractors,
+                             source=f"{name} corpus")
     print(f"{name}: labelled {len(labelled.qrels)} queries / {len(labelled.corpus)} documents; {free.source}", file=sys.stderr)
     rows, original = [], None
     for label, model in models.items():

@@ -37,8 +37,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from baselines import evenly_spaced  # noqa: E402
+
 from prune_engine.accounting import Structure, count_parameters, flops_per_token  # noqa: E402
-from prune_engine.importance import evenly_spaced  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel  # noqa: E402
 from prune_engine.presets import bge_m3_config  # noqa: E402

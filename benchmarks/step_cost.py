@@ -42,11 +42,11 @@ from prune_engine.batches import Batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
 from prune_engine.embedder import Embedder  # noqa: E402
 from prune_engine.l0 import L0Masks  # noqa: E402
+from prune_engine.lagrangian import Lagrangian  # noqa: E402
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel  # noqa: E402
 from prune_engine.objective import PruningObjective, weights_and_gates_optimizer  # noqa: E402
 from prune_engine.presets import bge_m3_config  # noqa: E402
 from prune_engine.sources import load_embedder  # noqa: E402
-from prune_engine.targets import Lagrangian  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 2**30

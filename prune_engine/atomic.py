@@ -1,9 +1,9 @@
 """Writes that appear complete or not at all, and the clean-up after writers that died.
 
-Files are written beside their destination and renamed into place; folders (checkpoints,
-exports) are built in a hidden staging folder named after the writing process, `.<name>.partial-<pid>-<tag>`,
-then renamed. A process killed mid-write leaves its staging folder behind: the next writer
-removes the ones whose process is gone, never one a live process is still filling.
+Files and folders (checkpoints, exports) are written under a hidden staging name beside their
+destination, `.<name>.partial-<pid>-<tag>`, then renamed into place. A process killed mid-write
+leaves its staging behind: the next writer (and every run as it starts) removes the ones whose
+process is gone, never one a live process is still filling.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = staging_folder(path)
     try:
         temporary.write_text(text)
         os.replace(temporary, path)
@@ -54,20 +54,23 @@ def read_json(path: Path) -> dict | None:
 
 
 def staging_folder(destination: Path) -> Path:
-    """A fresh hidden folder beside `destination`, owned by this process."""
+    """A fresh hidden name beside `destination` (for a folder or a file), owned by this process."""
     return destination.parent / f".{destination.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def remove_stale_partials(folder: Path, name: str | None = None) -> list[Path]:
-    """Staging folders in `folder` (for `name` only, if given) whose process has died."""
+    """Removes the staging folders and files in `folder` (for `name` only, if given) whose process
+    has died, and returns them."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
         match = _PARTIAL.match(path.name)
-        if not match or not path.is_dir() or (name is not None and match["name"] != name):
+        if not match or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
             continue
-        if not pid_alive(int(match["pid"])):
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
     return removed

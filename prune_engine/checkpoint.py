@@ -3,8 +3,10 @@
 A checkpoint is a folder `checkpoints/step_<n>/` holding `tensors.safetensors` and `state.json`.
 It is written under a hidden name carrying the writer's process id and renamed into place, so it
 appears complete or not at all; a write that fails (a full disk) removes what it wrote. Loading
-reads nothing executable, and a checkpoint that cannot be read, or whose weights diverged, is
-passed over for the one before it.
+reads nothing executable (a `state.pt` pickle planted in a checkpoint folder is never opened),
+and a checkpoint that cannot be read, or whose weights diverged, is passed over for the one
+before it. Rotation keeps the newest healthy checkpoint even when newer ones diverged, so a run
+that went wrong always has one to go back to.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def save_checkpoint(checkpoints: Path, checkpoint: Checkpoint, keep: int) -> Pat
     staging = staging_folder(target)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {"step": checkpoint.step, "phase": checkpoint.phase, "loss": checkpoint.loss,
-                "state": _flatten(checkpoint.state, tensors, "state")}
+                "healthy": checkpoint.weights_healthy(), "state": _flatten(checkpoint.state, tensors, "state")}
     try:
         staging.mkdir(parents=True)
         save_file(tensors, staging / TENSORS_FILE)
@@ -121,11 +123,27 @@ def save_checkpoint(checkpoints: Path, checkpoint: Checkpoint, keep: int) -> Pat
         staging.rename(target)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(f"could not write the checkpoint {target}: {error.strerror or error}. "
-                              "Free disk space (or choose another output_dir), then resume") from None
-    for old in checkpoint_folders(checkpoints)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        raise CheckpointError(f"could not write the checkpoint {target}: {error.strerror or error}. Free disk "
+                              f"space or make {checkpoints} writable, then resume the run (--resume)") from None
+    _rotate(checkpoints, keep)
     return target
+
+
+def _recorded_healthy(folder: Path) -> bool:
+    """Whether the checkpoint said, when written, that its weights were healthy (no tensors read)."""
+    try:
+        return json.loads((folder / STATE_FILE).read_text()).get("healthy") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _rotate(checkpoints: Path, keep: int) -> None:
+    """Removes all but the newest `keep` checkpoints and the newest healthy one."""
+    folders = checkpoint_folders(checkpoints)
+    newest_healthy = next((f for f in reversed(folders) if _recorded_healthy(f)), None)
+    for old in folders[:-keep]:
+        if old != newest_healthy:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:

@@ -24,15 +24,16 @@ ENGINE_ERRORS = (ConfigError, DataError, ModelSourceError, TargetError, Training
 
 
 def _print_event(event) -> None:
-    if event.kind in ("warning", "error"):
-        print(f"{'note' if event.kind == 'warning' else 'error'}: {event.message}", file=sys.stderr)
+    if event.kind == "warning":  # an error is printed once, by main, as the run's last line
+        print(f"note: {event.message}", file=sys.stderr)
 
 
 def _prune(args: argparse.Namespace) -> int:
     from .trainer import PruningRun
 
     values = {key: getattr(args, key) for key in ("dataset", "model", "output_dir", "documents")}
-    config = load_config(args.config, args.overrides, **values)
+    overrides = [*args.overrides, *(["serving.onnx=true"] if args.onnx else [])]
+    config = load_config(args.config, overrides, **values)
     run = PruningRun(config, show_progress=True, callbacks=[_print_event], allow_config_change=args.allow_config_change)
     print(f"run directory: {run.run_dir.resolve()}", file=sys.stderr)
     result = run.run(resume=args.resume)
@@ -113,13 +114,15 @@ def _source_model(model_dir: str) -> str | None:
 
 
 def _documents_report(args, model, original) -> dict:
-    from .documents import load_documents, split_documents
-    from .label_free import label_free_report, pseudo_query_task
+    from .label_free import held_out_task, label_free_report
 
-    split = split_documents(load_documents(args.documents), args.documents_held_out)
-    task = pseudo_query_task([(d.title, d.text) for d in split.held_out.documents], split.training.texts(),
-                             source=split.held_out.source)
-    return label_free_report(original, model, task, args.batch_size, show_progress=True)
+    return label_free_report(original, model, held_out_task(_held_out(args)), args.batch_size, show_progress=True)
+
+
+def _held_out(args):
+    from .documents import load_documents, split_documents
+
+    return split_documents(load_documents(args.documents), args.documents_held_out)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -170,6 +173,26 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx(args: argparse.Namespace) -> int:
+    """ONNX fp32 + int8 for an existing export or run, scored like a run's end when data is given."""
+    from .finish import Evaluation, serving_variants
+    from .label_free import held_out_task
+    from .sources import load_embedder
+
+    export_dir = Path(run_dir_or_model(args.model))
+    original_source = args.against or _source_model(str(export_dir))
+    if original_source is None:
+        raise DataError(f"{export_dir} names no source model in a pruning_info.json: name the original with --against")
+    task = held_out_task(_held_out(args)) if args.documents else None
+    original = load_embedder(original_source, args.trust_remote_code)
+    evaluation = Evaluation(original, args.dataset, tuple(args.split), task, args.batch_size)
+    serving = serving_variants(export_dir, evaluation, args.threshold)
+    for name, path in serving["onnx"]["files"].items():
+        print(f"{name}: {path}")
+    print(serving["quality_gate"]["decision"])
+    return 0
+
+
 EVAL_HELP = """Scores a model on STS or retrieval data; a pruned model (an export, or a run directory's
 export) is compared with the model its pruning_info.json names, with the fraction it retained and
 how well it can share the original's index. Figures are MTEB's (x100). Examples:
@@ -193,6 +216,9 @@ def _add_prune(commands) -> None:
     prune.add_argument("--model", help="hub id (BAAI/bge-m3), local directory, or 'minilm'")
     prune.add_argument("--output-dir", dest="output_dir", help="run directory")
     prune.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    prune.add_argument("--onnx", action="store_true",
+                       help="also write ONNX fp32 and int8 beside the export, both scored; int8 recommended only when "
+                            "it keeps 99%% of every fp32 figure (serving.int8_threshold)")
     prune.add_argument("--allow-config-change", dest="allow_config_change", action="store_true",
                        help="with --resume: continue even though settings that change the result differ from the run's")
     prune.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key, e.g. optimizer.lr=1e-4")
@@ -232,10 +258,28 @@ def _add_eval(commands) -> None:
                         help=f"encode the original again rather than reading its encodings of the same texts from "
                              f"${CACHE_ENV}/encodings (default ~/.cache/prune_engine/encodings)")
     parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true",
-                        help="allow the model's own code to run (see the README: what runs when this is set)")
+                        help="run the Python file a model's tokenizer_config.json names for its tokenizer "
+                             "(auto_map.AutoTokenizer; transformers copies it into its module cache and imports "
+                             "it); nothing else of the model's runs: the encoder is this tool's own code and the "
+                             "config's module (config.json auto_map) is never imported. A pruning run reads "
+                             "`trust_remote_code: true` from its config instead")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="also write the report as JSON to PATH; with no PATH, print JSON instead of the table")
     parser.set_defaults(handler=_eval)
+
+
+def _add_onnx(commands) -> None:
+    parser = commands.add_parser("onnx", help="write ONNX fp32 and int8 variants beside an export, with a quality gate")
+    parser.add_argument("model", help="run directory or export directory")
+    parser.add_argument("--dataset", help="score both variants on this data set (its --split)")
+    parser.add_argument("--split", nargs="+", default=["test"])
+    parser.add_argument("--documents", help="score both variants label-free on these documents' held-out share")
+    parser.add_argument("--documents-held-out", dest="documents_held_out", type=float, default=0.05)
+    parser.add_argument("--threshold", type=float, default=0.99, help="share of every fp32 figure int8 must keep")
+    parser.add_argument("--against", help="the original model (default: the export's source model)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
+    parser.set_defaults(handler=_onnx)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune(commands)
     _add_eval(commands)
     _add_size(commands)
+    _add_onnx(commands)
     return parser
 
 

@@ -22,10 +22,19 @@ import yaml
 
 from .data import SPLITS, STS_LANGUAGES
 from .l0 import STRUCTURES
-from .targets import ArchitectureTarget, FixedStructure, ParameterBudget
+from .latency import LatencyModel
+from .targets import (
+    Alignment,
+    ArchitectureTarget,
+    FixedStructure,
+    LatencyTarget,
+    ParameterBudget,
+    TargetError,
+)
 
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ba|ep)\s*$")
+TARGET_KEYS = ("target_model", "target_params", "target_speedup", "target_latency", "fixed_masks")
 # Keys of earlier versions, and what replaced them.
 RENAMED_KEYS = {"distill_dataset": "documents", "distill_batch_size": "documents_per_batch"}
 
@@ -143,6 +152,14 @@ class VocabConfig:
 
 
 @dataclass
+class ServingConfig:
+    """Serving formats written beside the export (serving.py)."""
+
+    onnx: bool = False  # also onnx/model.onnx (fp32) and onnx/model_qint8.onnx (int8), both scored
+    int8_threshold: float = field(default=0.99, metadata=_range(0.0, 1.0, low_open=True))  # share of fp32 int8 must keep
+
+
+@dataclass
 class RunConfig:
     """The default recipe is the one that measured best for retrieval against an existing index
     (benchmarks/RESULTS.md): distil on the documents the model serves, distillation first (the
@@ -161,6 +178,15 @@ class RunConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])  # [] skips those figures
     target_model: TargetModel | None = None
     target_params: TargetParams | None = None
+    # A latency target on this machine: a speedup over the unpruned model, or seconds per batch of
+    # latency_batch_size x latency_length tokens, from a cost model the run calibrates (latency.py).
+    target_speedup: float | None = field(default=None, metadata=_range(1.0, low_open=True))
+    target_latency: float | None = field(default=None, metadata=POSITIVE)
+    latency_batch_size: int = field(default=32, metadata=AT_LEAST_ONE)
+    latency_length: int = field(default=128, metadata=AT_LEAST_ONE)
+    # Kept heads / FFN neurons per layer rounded to these multiples (align_ffn None: 64 on a GPU, 1 on a CPU).
+    align_heads: int = field(default=1, metadata=AT_LEAST_ONE)
+    align_ffn: int | None = field(default=None, metadata=AT_LEAST_ONE)
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn"])
     fixed_masks: str | None = None  # a final_masks.json: skip learning masks, prune to it and fine-tune
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -186,15 +212,16 @@ class RunConfig:
     output_dir: str = "runs/run"
     trust_remote_code: bool = False
     vocab: VocabConfig | None = None
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self):
-        if self.fixed_masks is not None:
-            if self.target_model is not None or self.target_params is not None:
-                raise ConfigError("fixed_masks sets the structure: remove target_model / target_params")
-        elif (self.target_model is None) == (self.target_params is None):
+        targets = [key for key in TARGET_KEYS if getattr(self, key) is not None]
+        if len(targets) != 1:
+            given = f" (given: {', '.join(targets)})" if targets else ""
             raise ConfigError(
-                "give exactly one target: target_model {n_layers, n_heads, intermediate_size} "
-                "or target_params {fraction | count, of: encoder | total}"
+                "give exactly one target: target_model {n_layers, n_heads, intermediate_size}, target_params "
+                "{fraction | count, of: encoder | total}, target_speedup, target_latency (seconds per batch) or "
+                f"fixed_masks (a final_masks.json){given}"
             )
         if self.documents is None and self.dataset is None:
             raise ConfigError("give documents (the texts the model will serve: recommended) or a dataset to train on")
@@ -216,9 +243,22 @@ class RunConfig:
             raise ConfigError(f"max_duration must look like '1000ba' (batches) or '2ep' (epochs), got {self.max_duration!r}")
         return int(match.group(1)), match.group(2)
 
-    def size_target(self, config, output_head_parameters: int = 0) -> ArchitectureTarget | ParameterBudget | FixedStructure:
+    @property
+    def latency_target(self) -> bool:
+        return self.target_speedup is not None or self.target_latency is not None
+
+    def alignment(self, on_gpu: bool) -> Alignment:
+        return Alignment(self.align_heads, self.align_ffn or (64 if on_gpu else 1))
+
+    def size_target(self, config, output_head_parameters: int = 0, latency_model: LatencyModel | None = None):
         """The target the run prunes to, for a model of this `config` (its output heads' size counts
-        towards a total budget)."""
+        towards a total budget; a latency target needs this machine's calibrated `latency_model`)."""
+        if self.latency_target:
+            if latency_model is None:
+                raise TargetError("a latency target needs this machine's latency model: a run calibrates it as it "
+                                  "starts (latency.calibrate)")
+            return LatencyTarget.for_model(latency_model, config, tuple(self.structures), self.target_speedup,
+                                           self.target_latency)
         if self.fixed_masks is not None:
             return FixedStructure.from_file(Path(self.fixed_masks).expanduser(), config)
         if self.target_model is not None:
@@ -316,15 +356,12 @@ def apply_override(data: dict, assignment: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {key}: {part} is not a mapping")
     value = yaml.safe_load(raw) if raw.strip() else None
-    if parts[-1] in ("target_model", "target_params") and value is None:
-        node[parts[-1]] = None
-        return
     node[parts[-1]] = value
-    # A target given on the command line replaces the other kind from the file.
-    if parts[0] == "target_model":
-        data.pop("target_params", None)
-    elif parts[0] == "target_params":
-        data.pop("target_model", None)
+    # A target given on the command line replaces any other kind from the file.
+    if parts[0] in TARGET_KEYS and value is not None:
+        for other in TARGET_KEYS:
+            if other != parts[0]:
+                data.pop(other, None)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **values) -> RunConfig:

@@ -31,6 +31,16 @@ class EmbeddingOutput:
     colbert_vectors: torch.Tensor | None = None  # (batch, length - 1, colbert_dim), normalised, zero on padding
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One model's outputs for a list of texts, as numpy arrays. Sparse weights are keyed by token
+    text, not id, so a model with a trimmed vocabulary can be scored against the original's index."""
+
+    dense: np.ndarray
+    sparse: list[dict[str, float]] | None = None
+    colbert: list[np.ndarray] | None = None
+
+
 def pool(token_states: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """(batch, length, hidden) -> (batch, hidden)."""
     if mode == "cls":
@@ -58,6 +68,7 @@ class Embedder(nn.Module):
         sparse_linear: nn.Linear | None = None,
         colbert_linear: nn.Linear | None = None,
         source: str = "",
+        pooler: dict[str, torch.Tensor] | None = None,
     ):
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -70,10 +81,14 @@ class Embedder(nn.Module):
         self.sparse_linear = sparse_linear
         self.colbert_linear = colbert_linear
         self.source = source
+        # The source checkpoint's pooler weights ("pooler.dense.weight" / ".bias"): never used for sentence
+        # embeddings, never trained (not a registered parameter), only shipped so stock loaders find every weight.
+        self.pooler = pooler
 
     def with_parts(self, encoder: PrunableEncoderModel, tokenizer=None) -> Embedder:
         """A new embedder around another encoder (pruned, trimmed, restored) with this one's pooling,
-        length and copies of its output heads; this one is left untouched (it may be the teacher)."""
+        length, copies of its output heads and its (never modified) pooler weights; this one is left
+        untouched (it may be the teacher)."""
         return Embedder(
             encoder,
             tokenizer if tokenizer is not None else self.tokenizer,
@@ -83,6 +98,7 @@ class Embedder(nn.Module):
             sparse_linear=copy.deepcopy(self.sparse_linear),
             colbert_linear=copy.deepcopy(self.colbert_linear),
             source=self.source,
+            pooler=self.pooler,
         )
 
     @property

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .embedder import Encoded
+
 CACHE_ENV = "PRUNE_ENGINE_CACHE"
 
 
@@ -98,8 +100,6 @@ def _encode(part: str, encoded) -> dict[str, np.ndarray]:
 
 
 def _decode(stored, part: str):
-    from .evaluate import Encoded
-
     colbert = None
     if f"{part}/colbert" in stored:
         ends = np.cumsum(stored[f"{part}/colbert_lengths"])

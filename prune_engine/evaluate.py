@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import metrics
 from .data import EvalData, RetrievalTask, ScoredPairs, load_eval_data
-from .embedder import Embedder
+from .embedder import Embedder, Encoded
 from .encoding_cache import EncodingCache
 
 REPORTED_RETRIEVAL = ("ndcg_at_10", "mrr_at_10", "recall_at_100")
@@ -29,16 +28,6 @@ MIXED_PREFIX = "pruned_queries_original_index/"
 AGREEMENT = "mean_cosine_to_original"
 # Figures in [0, 1]; every other figure is x100, as MTEB's leaderboard shows them.
 FRACTION_FIGURES = (AGREEMENT,)
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One model's outputs for a list of texts. Sparse weights are keyed by token text, not id,
-    so a model with a trimmed vocabulary can be scored against the original's index."""
-
-    dense: np.ndarray
-    sparse: list[dict[str, float]] | None = None
-    colbert: list[np.ndarray] | None = None
 
 
 def encode(embedder: Embedder, texts: list[str], batch_size: int = 64, show_progress: bool = False,

@@ -1,8 +1,13 @@
 """Writes a pruned embedder as a Hugging Face + sentence-transformers directory.
 
 A structure a stock config can express (layers dropped, all heads kept, one FFN width) is written
-as a plain BERT / RoBERTa / XLM-R config that needs no remote code. Anything else ships the
-prunable encoder's modeling file and an `auto_map`, loading with `trust_remote_code=True`.
+as a plain BERT / RoBERTa / XLM-R config that needs no remote code, with the source's pooler
+weights so a stock model class finds every weight it has. Anything else ships the prunable
+encoder's modeling file, and its config keeps the source's stock `model_type` with an `auto_map`
+for AutoModel only: the model loads with `trust_remote_code=True`, while the config and the
+tokenizer load with stock classes, running no code and asking nothing (transformers asks "Do you
+wish to run the custom code?" for a config whose model_type it does not know). A tokenizer of
+the source's own code is shipped with that code; a stock one is written plain.
 
 The directory is built beside its destination in a staging folder and renamed into place
 (`atomic.py`), so an interrupted export leaves nothing half-written. An existing directory is
@@ -12,6 +17,7 @@ pruning_info.json): never a workspace, a run directory or any other folder.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -29,8 +35,12 @@ from .sources import BGE_M3_HEAD_FILES, STOCK_CONFIG_KEYS
 
 STOCK_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 _MODELING_FILE = Path(modeling_prunable_encoder.__file__)
-_CONFIG_CLASS = modeling_prunable_encoder.PrunableEncoderConfig.__name__
 _MODEL_CLASS = modeling_prunable_encoder.PrunableEncoderModel.__name__
+PARAMETERS_COUNTED = (
+    "parameters_before / parameters_after count the embeddings, the encoder and BGE-M3's output heads; "
+    "pooler_parameters counts the pooler shipped beside them (what a stock model class loads, never used "
+    "for sentence embeddings)"
+)
 
 
 class ExportError(ValueError):
@@ -54,11 +64,40 @@ def _stock_config_dict(config) -> dict:
 
 
 def _remote_code_config_dict(config) -> dict:
+    """The per-layer config under the source's stock model_type, with remote code for AutoModel only:
+    an unknown model_type with an AutoConfig entry would make every AutoConfig / AutoTokenizer load
+    ask to run code, and the shipped config class warn about the model type it reads."""
     data = config.to_dict()
-    module = _MODELING_FILE.stem
-    data["auto_map"] = {"AutoConfig": f"{module}.{_CONFIG_CLASS}", "AutoModel": f"{module}.{_MODEL_CLASS}"}
+    data["model_type"] = config.source_model_type
+    data["auto_map"] = {"AutoModel": f"{_MODELING_FILE.stem}.{_MODEL_CLASS}"}
     data["architectures"] = [_MODEL_CLASS]
     return data
+
+
+def _shipped_pooler(embedder: Embedder) -> dict[str, torch.Tensor]:
+    """The pooler goes with a stock config (its model class has one); the prunable encoder has none."""
+    if embedder.pooler is None or needs_remote_code(embedder.config):
+        return {}
+    return embedder.pooler
+
+
+def _save_tokenizer(tokenizer, directory: Path) -> bool:
+    """Writes the tokenizer; True when loading it runs code of its own, shipped beside it.
+
+    A stock class that a model's auto_map named (transformers then registers it as custom code,
+    process-wide) is written as the plain tokenizer it is: no auto_map, no code copied.
+    """
+    custom = not type(tokenizer).__module__.startswith("transformers.")
+    written = copy.copy(tokenizer)
+    # With _auto_class set, transformers copies the class's module beside the files and maps AutoTokenizer to it.
+    written._auto_class = "AutoTokenizer" if custom else None
+    written.save_pretrained(directory)
+    if not custom:  # the auto_map read with it would name code that is not there
+        settings = directory / "tokenizer_config.json"
+        data = json.loads(settings.read_text())
+        if data.pop("auto_map", None) is not None:
+            settings.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return custom
 
 
 def _write_sentence_transformers_files(embedder: Embedder, directory: Path) -> None:
@@ -135,6 +174,8 @@ def pruning_info(
         "kept_layers": kept_layers,
         "parameters_before": count_parameters(source_config, None, heads).as_dict(),
         "parameters_after": count_parameters(embedder.config, structure, heads).as_dict(),
+        "pooler_parameters": sum(t.numel() for t in _shipped_pooler(embedder).values()),
+        "parameters_counted": PARAMETERS_COUNTED,
         "vocabulary": vocabulary,
         **(extra or {}),
     }
@@ -162,11 +203,12 @@ def _write_files(embedder: Embedder, staging: Path, info: dict) -> None:
     (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
     if remote_code:
         shutil.copyfile(_MODELING_FILE, staging / _MODELING_FILE.name)
-    state = {k: v.detach().contiguous().cpu() for k, v in embedder.encoder.state_dict().items()}
+    state = {**embedder.encoder.state_dict(), **_shipped_pooler(embedder)}
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
     # safetensors creates its file private (0600); give it the mode every other file here has.
     os.chmod(staging / "model.safetensors", (staging / "config.json").stat().st_mode & 0o777)
-    embedder.tokenizer.save_pretrained(staging)
+    remote_code = _save_tokenizer(embedder.tokenizer, staging) or remote_code
     _write_sentence_transformers_files(embedder, staging)
     for name, filename in BGE_M3_HEAD_FILES.items():
         head = getattr(embedder, name)

@@ -26,11 +26,10 @@ import numpy as np
 
 from . import metrics
 from .data import DataError, RetrievalTask
-from .embedder import Embedder
+from .documents import Document, DocumentSplit
+from .embedder import Embedder, Encoded
 from .encoding_cache import EncodingCache
-from .evaluate import AGREEMENT, MIXED_PREFIX, Encoded, comparison_rows, encode_data, retrieval_figures
-
-Document = tuple[str | None, str]  # (title or None, text)
+from .evaluate import AGREEMENT, MIXED_PREFIX, comparison_rows, encode_data, retrieval_figures
 
 MIN_SENTENCE_WORDS = 4  # shorter sentences ("Methods.", "See Fig. 2.") say too little to be a query
 FALLBACK_QUERY_WORDS = 15  # a document with fewer than two usable sentences: its first words are the query
@@ -44,25 +43,6 @@ SPLIT = "held_out"
 _UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"[{_UNSPACED}]|[^\W_{_UNSPACED}]+")
 _SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*|\s*\n\s*")
-
-
-def document_text(title: str | None, text: str) -> str:
-    """A document as the evaluator formats BEIR corpora (data.py): title and text, one space apart."""
-    return f"{title or ''} {text}".strip()
-
-
-def split_held_out(documents: Sequence[Document], fraction: float = 0.05, seed: int = 0) -> tuple[list[Document], list[str]]:
-    """A seeded `fraction` of the documents to hold out (never to train on), and the other documents
-    formatted as distractors. The same seed and documents always hold out the same ones."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be between 0 and 1 (exclusive), not {fraction}; 0.05 holds out 5%")
-    if len(documents) < 2:
-        raise DataError(f"{len(documents)} document(s): need at least two to hold some out and keep the rest")
-    n_held_out = min(len(documents) - 1, max(1, round(fraction * len(documents))))
-    held_out_indices = set(random.Random(seed).sample(range(len(documents)), n_held_out))
-    held_out = [documents[i] for i in sorted(held_out_indices)]
-    rest = [document_text(*documents[i]) for i in range(len(documents)) if i not in held_out_indices]
-    return held_out, rest
 
 
 def _sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -108,15 +88,8 @@ def _pseudo_query(title: str | None, text: str, seed: int) -> tuple[str, str, st
     body = text.strip().removeprefix(title).strip() if title else ""  # a body that opens with its title: cut it
     if body:
         return "title", title, body
-    pair = _inverse_cloze(document_text(title, text), random.Random(f"{seed}\0{title}\0{text}"))
+    pair = _inverse_cloze(Document(title, text).formatted, random.Random(f"{seed}\0{title}\0{text}"))
     return ("inverse cloze", *pair) if pair else None
-
-
-def _check_documents(held_out: Sequence[Document]) -> None:
-    for index, document in enumerate(held_out):
-        if not (isinstance(document, tuple | list) and len(document) == 2 and isinstance(document[1], str)
-                and (document[0] is None or isinstance(document[0], str))):
-            raise TypeError(f"held-out document {index} is {document!r:.80}; expected a (title or None, text) pair")
 
 
 def pseudo_query_task(held_out: Sequence[Document], distractors: Sequence[str], seed: int = 0,
@@ -126,12 +99,11 @@ def pseudo_query_task(held_out: Sequence[Document], distractors: Sequence[str], 
     held-out passages and up to `max_distractors` of `distractors` (a seeded sample). Distractors
     identical to a held-out document or passage are left out: they would be unjudged copies of the
     answer. Query ids are `q<i>` and passage ids `p<i>` for held-out document i, `d<j>` for distractor j."""
-    _check_documents(held_out)
     if max_distractors < 0:
         raise ValueError(f"max_distractors must be 0 or more, not {max_distractors}")
     queries, passages, qrels, rules = {}, {}, {}, {"title": 0, "inverse cloze": 0}
-    for index, (title, text) in enumerate(held_out):
-        made = _pseudo_query(title, text, seed)
+    for index, document in enumerate(held_out):
+        made = _pseudo_query(document.title, document.text, seed)
         if made is not None:
             rule, queries[f"q{index}"], passages[f"p{index}"] = made
             qrels[f"q{index}"] = {f"p{index}": 1}
@@ -139,7 +111,7 @@ def pseudo_query_task(held_out: Sequence[Document], distractors: Sequence[str], 
     if not queries:
         raise DataError(f"none of the {len(held_out)} held-out documents can be split into a pseudo-query and "
                         "a passage (each needs two words, not all repeated); hold out documents with text")
-    answers = set(passages.values()) | {document_text(*document) for document in held_out}
+    answers = set(passages.values()) | {document.formatted for document in held_out}
     usable = [index for index, text in enumerate(distractors) if text not in answers]
     chosen = sorted(random.Random(seed).sample(usable, min(max_distractors, len(usable))))
     notes = [f"{rules['title']} titles", f"{rules['inverse cloze']} inverse cloze"]
@@ -154,6 +126,11 @@ def pseudo_query_task(held_out: Sequence[Document], distractors: Sequence[str], 
         source=(f"{source or 'held-out documents'}: {len(queries)} pseudo-queries over {len(passages)} held-out "
                 f"passages + {len(chosen)} of {len(distractors)} distractors ({', '.join(notes)})"),
     )
+
+
+def held_out_task(documents: DocumentSplit, seed: int = 0) -> RetrievalTask:
+    """The pseudo-query task of a run's held-out documents, with its training documents as distractors."""
+    return pseudo_query_task(documents.held_out.documents, documents.training.texts(), seed, source=documents.held_out.source)
 
 
 def top_k_agreement(task: RetrievalTask, original: Mapping[str, Encoded], pruned: Mapping[str, Encoded],

@@ -26,6 +26,19 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput
 
 
+def _check_layers(heads_per_layer: list[int], intermediate_sizes: list[int], num_attention_heads: int) -> None:
+    if len(heads_per_layer) != len(intermediate_sizes):
+        raise ValueError(
+            f"heads_per_layer has {len(heads_per_layer)} layers but intermediate_sizes has "
+            f"{len(intermediate_sizes)}; give one entry per layer in both"
+        )
+    bad = [n for n in list(heads_per_layer) + list(intermediate_sizes) if int(n) != n or n < 0]
+    if bad:
+        raise ValueError(f"per-layer head counts and FFN sizes must be non-negative integers, got {bad}")
+    if any(h > num_attention_heads for h in heads_per_layer):
+        raise ValueError(f"a layer cannot have more than num_attention_heads={num_attention_heads} heads: {heads_per_layer}")
+
+
 class PrunableEncoderConfig(PretrainedConfig):
     """Config with explicit per-layer structure: `heads_per_layer[i]` heads of `attention_head_size`
     and `intermediate_sizes[i]` FFN neurons in layer i. The hidden size is never pruned."""
@@ -65,18 +78,7 @@ class PrunableEncoderConfig(PretrainedConfig):
                     "give attention_head_size explicitly"
                 )
             attention_head_size = hidden_size // num_attention_heads
-        if len(heads_per_layer) != len(intermediate_sizes):
-            raise ValueError(
-                f"heads_per_layer has {len(heads_per_layer)} layers but intermediate_sizes has "
-                f"{len(intermediate_sizes)}; give one entry per layer in both"
-            )
-        bad = [n for n in list(heads_per_layer) + list(intermediate_sizes) if int(n) != n or n < 0]
-        if bad:
-            raise ValueError(f"per-layer head counts and FFN sizes must be non-negative integers, got {bad}")
-        if any(h > num_attention_heads for h in heads_per_layer):
-            raise ValueError(
-                f"a layer cannot have more than num_attention_heads={num_attention_heads} heads: {heads_per_layer}"
-            )
+        _check_layers(heads_per_layer, intermediate_sizes, num_attention_heads)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_attention_heads = num_attention_heads
@@ -153,7 +155,7 @@ class PrunableSelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(
-        self, hidden: torch.Tensor, attention_bias: torch.Tensor | None, head_gate: torch.Tensor | None
+        self, hidden: torch.Tensor, key_mask: torch.Tensor | None, head_gate: torch.Tensor | None
     ) -> torch.Tensor:
         batch, length, _ = hidden.shape
         if self.num_heads == 0:
@@ -167,7 +169,7 @@ class PrunableSelfAttention(nn.Module):
             split_heads(self.query(hidden)),
             split_heads(self.key(hidden)),
             split_heads(self.value(hidden)),
-            attn_mask=attention_bias,
+            attn_mask=key_mask,
             dropout_p=self.dropout_prob if self.training else 0.0,
         )
         if head_gate is not None:
@@ -195,8 +197,8 @@ class PrunableAttention(nn.Module):
         self.self = PrunableSelfAttention(config, num_heads)
         self.output = PrunableProjection(config, num_heads * config.attention_head_size)
 
-    def forward(self, hidden, attention_bias, head_gate=None):
-        return self.output(self.self(hidden, attention_bias, head_gate), hidden)
+    def forward(self, hidden, key_mask, head_gate=None):
+        return self.output(self.self(hidden, key_mask, head_gate), hidden)
 
 
 class PrunableIntermediate(nn.Module):
@@ -217,8 +219,8 @@ class PrunableLayer(nn.Module):
         self.intermediate = PrunableIntermediate(config, intermediate_size)
         self.output = PrunableProjection(config, intermediate_size)
 
-    def forward(self, hidden, attention_bias, layer_gate=None, head_gate=None, ffn_gate=None):
-        attended = self.attention(hidden, attention_bias, head_gate)
+    def forward(self, hidden, key_mask, layer_gate=None, head_gate=None, ffn_gate=None):
+        attended = self.attention(hidden, key_mask, head_gate)
         out = self.output(self.intermediate(attended, ffn_gate), attended)
         if layer_gate is None:
             return out
@@ -234,10 +236,10 @@ class PrunableEncoderStack(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, hidden, attention_bias, gates: EncoderGates | None, output_hidden_states: bool):
+    def forward(self, hidden, key_mask, gates: EncoderGates | None, output_hidden_states: bool):
         all_hidden = [hidden] if output_hidden_states else None
         for index, layer in enumerate(self.layer):
-            layer_args = (hidden, attention_bias, *(gates.for_layer(index) if gates else (None, None, None)))
+            layer_args = (hidden, key_mask, *(gates.for_layer(index) if gates else (None, None, None)))
             if self.gradient_checkpointing and self.training:
                 hidden = checkpoint(layer, *layer_args, use_reentrant=False)
             else:
@@ -284,16 +286,20 @@ class PrunableEncoderModel(PreTrainedModel):
         gates: EncoderGates | None = None,
         output_hidden_states: bool = False,
         return_dict: bool = True,
+        always_mask: bool = False,
     ) -> BaseModelOutput | tuple:
+        """`always_mask` applies the attention mask even to a batch without padding: a traced graph
+        (ONNX export) must not bake in the no-padding shortcut of the batch it was traced with."""
         hidden = self.embeddings(input_ids, token_type_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        # (batch, length) -> additive bias (batch, 1, 1, length): 0 where attended, dtype-min on padding.
-        # Without padding no mask is passed, which lets SDPA pick its fused (flash) kernels on GPU.
-        attention_bias = None
-        if not bool(attention_mask.all()):
-            attention_bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        hidden, all_hidden = self.encoder(hidden, attention_bias, gates, output_hidden_states)
+        # (batch, length) -> boolean mask (batch, 1, 1, length), True where attended: the softmax of
+        # an additive dtype-min bias, without building one. Without padding no mask is passed, which
+        # lets SDPA pick its fused (flash) kernels on GPU.
+        key_mask = None
+        if always_mask or not bool(attention_mask.all()):
+            key_mask = attention_mask[:, None, None, :].bool()
+        hidden, all_hidden = self.encoder(hidden, key_mask, gates, output_hidden_states)
         if not return_dict:
             return (hidden,) if all_hidden is None else (hidden, tuple(all_hidden))
         return BaseModelOutput(

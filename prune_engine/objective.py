@@ -18,8 +18,9 @@ from .batches import Batch, merge_outputs
 from .config import RunConfig
 from .embedder import Embedder, EmbeddingOutput
 from .l0 import GATE_ADAM_BETAS, L0Masks
+from .lagrangian import Lagrangian
 from .losses import DistillationLoss, TokenDistillationLoss, task_loss
-from .targets import Lagrangian, SizeTarget
+from .targets import SizeTarget
 
 
 class PruningObjective(nn.Module):

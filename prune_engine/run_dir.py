@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from .atomic import pid_alive, read_json, write_json_atomic, write_text_atomic
+from .atomic import pid_alive, read_json, remove_stale_partials, write_json_atomic, write_text_atomic
 from .checkpoint import checkpoint_folders
 from .config import ConfigError, RunConfig, config_yaml, load_config
 from .l0 import StructureMasks
@@ -120,6 +120,11 @@ class RunDirectory:
         return self.path / "checkpoints"
 
     # ------------------------------------------------------------------ written by the trainer
+    def remove_stale_staging(self) -> list[Path]:
+        """Removes what processes killed while writing here left behind: half-written checkpoints,
+        exports and file rewrites (`atomic.py`); never what a live process is still writing."""
+        return remove_stale_partials(self.path) + remove_stale_partials(self.checkpoints)
+
     def write_status(self, state: str, step: int, total_steps: int, phase: str, message: str = "") -> None:
         status = {"state": state, "step": step, "total_steps": total_steps, "phase": phase, "message": message,
                   "updated": time.time(), "pid": os.getpid()}

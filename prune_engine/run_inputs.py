@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, latest_usable
 from .config import RunConfig
-from .data import TextCorpus, TrainingData, load_training_data
+from .data import DataError, TextCorpus, TrainingData, load_texts, load_training_data, resolve_dataset
 from .documents import DocumentSplit, choose_length, load_documents, split_documents
 from .embedder import Embedder
+from .latency import LatencyModel, calibrate
 from .run_dir import RunDirectory, TrainingError
 from .sources import load_embedder
 from .targets import SizeTarget
@@ -27,6 +29,7 @@ from .targets import SizeTarget
 RESULT_NEUTRAL_KEYS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "output_dir", "eval_splits",
                                  "eval_dataset", "eval_batch_size"})
 DEFAULT_LENGTH_CAP = 512  # training length without documents, at most the model's own limit
+LATENCY_MODEL_FILE = "latency_model.json"
 
 
 @dataclass
@@ -72,9 +75,18 @@ def _differences(saved: RunConfig, wanted: RunConfig, prefix: str = "") -> list[
     return differences
 
 
+def _check_export_folder(directory: RunDirectory) -> None:
+    """A run replaces only an export it wrote: a folder named export/ that is anything else is the user's."""
+    export = directory.path / "export"
+    if export.exists() and directory.export_dir is None:
+        raise TrainingError(f"{export} already exists and was not written by a run here (it has no "
+                            "pruning_info.json): move it, or choose another output_dir")
+
+
 def check_resumable(directory: RunDirectory, config: RunConfig, resume: bool,
                     allow_config_change: bool) -> tuple[Checkpoint | None, list[str]]:
-    """The checkpoint to continue from (None: a fresh run), and warnings about checkpoints passed over."""
+    """The checkpoint to continue from (None: a fresh run), and notes about checkpoints passed over.
+    Only reads: a refused run leaves the directory as it was."""
     path = directory.path
     if not resume:
         if directory.has_checkpoint() or directory.status().get("state") == "done":
@@ -86,18 +98,24 @@ def check_resumable(directory: RunDirectory, config: RunConfig, resume: bool,
     if directory.status().get("state") == "done":
         raise TrainingError(f"{path} holds a finished run (its export: {path / 'export'}): nothing to resume. "
                             "To train with other settings, choose another output_dir")
-    checkpoint, skipped = latest_usable(directory.checkpoints)
+    _check_export_folder(directory)
+    checkpoint, skipped = latest_usable(directory.checkpoints, require_healthy=True)
     if checkpoint is None:
         detail = f" ({'; '.join(skipped)})" if skipped else ""
-        raise TrainingError(f"nothing to resume: {directory.checkpoints} holds no readable checkpoint{detail}")
+        raise TrainingError(f"nothing to resume: {directory.checkpoints} holds no readable checkpoint with healthy "
+                            f"weights{detail}")
     saved = directory.config()
+    notes = [f"passed over {reason}; resuming from step {checkpoint.step}" for reason in skipped]
+    if saved is None:
+        notes.append(f"{path / 'config.yaml'} is missing or unreadable, so the settings could not be compared "
+                     "with the run's")
     changed = _differences(saved, config) if saved is not None else []
     if changed and not allow_config_change:
         raise TrainingError(
             f"resuming {path} with other settings would not give the run it started: {'; '.join(changed)}. "
             "Resume with the run's own settings (its config.yaml), or allow the change (--allow-config-change)"
         )
-    return checkpoint, [f"passed over an unreadable checkpoint: {reason}" for reason in skipped]
+    return checkpoint, notes
 
 
 def _seed_everything(seed: int) -> None:
@@ -116,7 +134,19 @@ def _read_data(config: RunConfig) -> tuple[TrainingData, DocumentSplit | None]:
         data = load_training_data(config.dataset, "train")
     if len(data) < 2:
         raise TrainingError(f"{config.dataset}: {len(data)} training example(s); a run needs at least 2")
+    _check_data_read_after_training(config)
     return data, documents
+
+
+def _check_data_read_after_training(config: RunConfig) -> None:
+    """The vocabulary's corpus (read at export) and the evaluation set (read for the report), checked
+    now: a mistyped name or a bad file must not cost the training before it."""
+    if config.vocab is not None and config.vocab.corpus is not None:
+        load_texts(config.vocab.corpus, "train")
+    if config.eval_dataset is not None:
+        ref = resolve_dataset(config.eval_dataset)
+        if ref.kind == "file" and not Path(ref.argument).expanduser().is_file():
+            raise DataError(f"eval_dataset: file not found: {ref.argument}")
 
 
 def _length(config: RunConfig, teacher: Embedder, documents: DocumentSplit | None, warnings: list[str]) -> int:
@@ -129,12 +159,28 @@ def _length(config: RunConfig, teacher: Embedder, documents: DocumentSplit | Non
     return choice.length
 
 
-def load_inputs(config: RunConfig) -> RunInputs:
+def latency_model(config: RunConfig, teacher: Embedder, directory: RunDirectory) -> LatencyModel | None:
+    """This machine's latency cost model for a latency target: calibrated when a run starts and
+    kept in the run directory, so a resumed run aims at the same target."""
+    if not config.latency_target:
+        return None
+    path = directory.path / LATENCY_MODEL_FILE
+    if path.is_file():
+        return LatencyModel.load(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock = "cpu" if device == "cpu" and torch.get_num_threads() == 1 else "wall"  # CPU time: steady on a shared box
+    model = calibrate(teacher.config, config.latency_batch_size, config.latency_length, device=device, clock=clock)
+    model.save(path)
+    return model
+
+
+def load_inputs(config: RunConfig, directory: RunDirectory) -> RunInputs:
     _seed_everything(config.seed)
     data, documents = _read_data(config)
     teacher = load_embedder(config.model, trust_remote_code=config.trust_remote_code)
     teacher.requires_grad_(False).eval()
-    target = config.size_target(teacher.config, teacher.output_head_parameters())
+    target = config.size_target(teacher.config, teacher.output_head_parameters(),
+                                latency_model(config, teacher, directory))
     target.validate(teacher.config, tuple(config.structures))
     warnings: list[str] = []
     if documents is None:

@@ -33,8 +33,10 @@ STOCK_CONFIG_KEYS = (
     "hidden_dropout_prob attention_probs_dropout_prob max_position_embeddings type_vocab_size "
     "initializer_range layer_norm_eps pad_token_id bos_token_id eos_token_id"
 ).split()
-# Checkpoint keys that sentence embeddings never use.
-_UNUSED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.")
+# Checkpoint keys of task heads, which sentence embeddings never use.
+_UNUSED_PREFIXES = ("cls.", "lm_head.", "classifier.")
+# The pooler: unused by sentence embeddings too, but carried to exports so stock loaders find every weight.
+POOLER_KEYS = ("pooler.dense.weight", "pooler.dense.bias")
 _HUB_SKIPPED = ["*.onnx", "onnx/*", "*.msgpack", "*.h5", "*.ot", "imgs/*", "*.png", "*.jpg", "openvino/*"]
 
 
@@ -102,8 +104,9 @@ def encoder_config_from_hf(config: dict) -> PrunableEncoderConfig:
             f"model_type '{model_type}' is not supported: this tool prunes BERT, RoBERTa and XLM-RoBERTa "
             f"encoders ({', '.join(t for t in SUPPORTED_MODEL_TYPES if t != PrunableEncoderConfig.model_type)})"
         )
-    if model_type == PrunableEncoderConfig.model_type:
-        return PrunableEncoderConfig.from_dict(config)
+    if model_type == PrunableEncoderConfig.model_type or "heads_per_layer" in config:
+        # This project's exports: per-layer structure (their model_type is the source's, or ours before).
+        return PrunableEncoderConfig.from_dict({**config, "model_type": PrunableEncoderConfig.model_type})
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise ModelSourceError(f"position_embedding_type '{position_type}' is not supported, only 'absolute'")
@@ -149,15 +152,30 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def load_encoder(model_dir: Path) -> PrunableEncoderModel:
+def _pooler_of(state: dict[str, torch.Tensor], hidden_size: int) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's pooler (dense hidden -> hidden), if it has one of this encoder's width."""
+    if not all(key in state for key in POOLER_KEYS):
+        return None
+    weight, bias = (state[key].float() for key in POOLER_KEYS)
+    if weight.shape != (hidden_size, hidden_size) or bias.shape != (hidden_size,):
+        return None
+    return dict(zip(POOLER_KEYS, (weight, bias), strict=True))
+
+
+def _load_weights(model_dir: Path) -> tuple[PrunableEncoderModel, dict[str, torch.Tensor] | None]:
+    """The encoder, and the pooler beside it, from one read of the checkpoint."""
     model = PrunableEncoderModel(read_encoder_config(str(model_dir)))
     state = _strip_prefix(_read_state_dict(model_dir))
-    state = {k: v.float() for k, v in state.items() if k in model.state_dict()}
-    missing = set(model.state_dict()) - set(state)
+    encoder_state = {k: v.float() for k, v in state.items() if k in model.state_dict()}
+    missing = set(model.state_dict()) - set(encoder_state)
     if missing:
         raise ModelSourceError(f"{model_dir}: the checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    model.load_state_dict(encoder_state, strict=True)
+    return model.eval(), _pooler_of(state, model.config.hidden_size)
+
+
+def load_encoder(model_dir: Path) -> PrunableEncoderModel:
+    return _load_weights(model_dir)[0]
 
 
 def read_sentence_transformers_settings(model_dir: Path) -> tuple[str, bool, int | None]:
@@ -203,17 +221,48 @@ def _load_output_head(path: Path, hidden_size: int) -> nn.Linear:
     return head
 
 
-def load_embedder(source: str, trust_remote_code: bool = False, max_length: int | None = None) -> Embedder:
-    """Loads a model for pruning, evaluation or serving. `trust_remote_code` is only ever passed to
-    the tokenizer of a model whose own files ask for it; the encoder is always this project's."""
-    from transformers import AutoTokenizer
-
-    model_dir = resolve_model_dir(source)
-    encoder = load_encoder(model_dir)
+def _tokenizer_code(model_dir: Path) -> str | None:
+    """The Python file a model's tokenizer_config.json names for its tokenizer (auto_map.AutoTokenizer):
+    code of the model's own, which runs only with trust_remote_code. None for a stock tokenizer."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        auto_map = json.loads((model_dir / "tokenizer_config.json").read_text()).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return None
+    reference = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else auto_map  # a list: the old form
+    if isinstance(reference, (list, tuple)):
+        reference = next((r for r in reference if r), None)
+    if not isinstance(reference, str):
+        return None
+    return reference.split("--")[-1].rsplit(".", 1)[0] + ".py"  # "repo--module.Class": repo's module.py
+
+
+def _load_tokenizer(model_dir: Path, config: PrunableEncoderConfig, trust_remote_code: bool):
+    """The tokenizer, read with a stock config of the model's family: transformers would otherwise load
+    the model's config through AutoConfig first, which imports the config's own module (config.json's
+    auto_map.AutoConfig) when trust_remote_code is set. So the flag runs the tokenizer's code, nothing else."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    code = _tokenizer_code(model_dir)
+    if code and not trust_remote_code:
+        raise ModelSourceError(
+            f"{model_dir}: its tokenizer is code shipped with the model ({code}), which runs only with "
+            "trust_remote_code: if you trust that code, set it (eval --trust-remote-code, `trust_remote_code: "
+            "true` in the run's config, or 'Trust remote code' in the workbench)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, config=AutoConfig.for_model(config.source_model_type),
+                                             trust_remote_code=trust_remote_code)
     except Exception as error:
         raise ModelSourceError(f"{model_dir}: could not load its tokenizer ({error})") from None
+
+
+def load_embedder(source: str, trust_remote_code: bool = False, max_length: int | None = None) -> Embedder:
+    """Loads a model for pruning, evaluation or serving. Nothing from the model's folder runs unless
+    `trust_remote_code` is set, and then only its tokenizer's own code (_tokenizer_code): the encoder is
+    always this project's, its weights are read from safetensors (or a .bin with weights_only=True)."""
+    model_dir = resolve_model_dir(source)
+    encoder, pooler = _load_weights(model_dir)
+    tokenizer = _load_tokenizer(model_dir, encoder.config, trust_remote_code)
     pooling, normalize, declared_length = read_sentence_transformers_settings(model_dir)
     heads = {
         name: _load_output_head(model_dir / filename, encoder.config.hidden_size)
@@ -231,5 +280,6 @@ def load_embedder(source: str, trust_remote_code: bool = False, max_length: int 
         normalize=normalize,
         max_length=length,
         source=str(source),
+        pooler=pooler,
         **heads,
     )

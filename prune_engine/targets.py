@@ -6,6 +6,8 @@ encoder size along the ramp, the constraints and the final masks):
   a uniform result. Three constraints (layers, heads per layer, neurons per layer) are enforced.
 - `ParameterBudget`: a count of encoder or total parameters; the method allocates heads and
   neurons per layer freely. One constraint on the expected parameter count.
+- `LatencyTarget`: seconds per batch on this machine, or a speedup over the unpruned model, from
+  a cost model calibrated here (`latency.py`); like a budget, one constraint on the expected cost.
 - `FixedStructure`: given masks (a run's final_masks.json); nothing to learn, no constraint.
 
 Each constraint is a relative gap (expected - target) / full size, so one set of multiplier
@@ -16,11 +18,11 @@ size over a warmup, as in CoFi / Sheared-LLaMA.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .accounting import (
     Structure,
@@ -30,6 +32,7 @@ from .accounting import (
     layer_fixed_parameters,
 )
 from .l0 import L0Masks, StructureMasks
+from .latency import LatencyModel, latency_budget
 from .modeling_prunable_encoder import PrunableEncoderConfig
 
 
@@ -54,6 +57,109 @@ def _all_kept(config: PrunableEncoderConfig) -> dict[str, list[torch.Tensor]]:
 
 def _ramped(full: float, final: float, ramp: float) -> float:
     return full + (final - full) * min(max(ramp, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Kept heads / FFN neurons per layer rounded to these multiples (1: no rounding), so the
+    matrices have widths the hardware multiplies well."""
+
+    heads: int = 1
+    ffn: int = 1
+
+
+def fit_to_budget(masks: L0Masks, budget: float, cost: Callable[[Structure], float], unit_cost: dict[str, float],
+                  align: Alignment | None = None) -> StructureMasks:
+    """Final masks for a budget on a cost linear in the kept units (parameters, seconds): the
+    expected counts rounded, then the worst-scored units dropped while over the budget and the
+    best-scored added while they fit, so the cost is the largest not above it (within one
+    neuron's cost); then, if asked, every layer's counts rounded to the alignment's multiples."""
+    config = masks.config
+    scores = {**_all_kept(config), **masks.scores()}
+    with torch.no_grad():
+        expected = masks.expected_structure()
+    layers = _layers_for_budget(config, torch.cat(scores["layers"]), round(float(expected["layers"])), budget, cost,
+                                "layers" in masks.groups)
+    chosen = {name: [_top_k_mask(s, round(float(e))) for s, e in zip(scores[name], expected[name], strict=True)]
+              for name in ("heads", "ffn")}
+    result = StructureMasks(layers, chosen["heads"], chosen["ffn"])
+    size = cost(result.kept_structure(config.vocab_size))
+    kept_layers = torch.nonzero(layers).flatten().tolist()
+    units = [(score, unit_cost[name], name, layer, index)  # what can still be toggled: gated units of kept layers
+             for name in ("heads", "ffn") if name in masks.groups
+             for layer in kept_layers for index, score in enumerate(scores[name][layer].tolist())]
+    for _score, unit, name, layer, index in sorted(u for u in units if chosen[u[2]][u[3]][u[4]]):
+        if size <= budget:
+            break
+        chosen[name][layer][index] = False
+        size -= unit
+    # Then fill up with the best-scored units that still fit. A head costs far more than a neuron:
+    # one that does not fit (or one just removed above) must not stop cheaper ones.
+    for _score, unit, name, layer, index in sorted((u for u in units if not chosen[u[2]][u[3]][u[4]]), reverse=True):
+        if size + unit <= budget:
+            chosen[name][layer][index] = True
+            size += unit
+    if align is not None:
+        for name, multiple in (("heads", align.heads), ("ffn", align.ffn)):
+            if multiple > 1 and name in masks.groups:
+                size = _align(chosen[name], scores[name], kept_layers, multiple, unit_cost[name], size, budget)
+    return result
+
+
+def _layers_for_budget(config, layer_scores: torch.Tensor, n_layers: int, budget: float, cost,
+                       layers_gated: bool) -> torch.Tensor:
+    """The best-scored `n_layers` layers; more while even all their units would fall short of the
+    budget (undecided gates can round to fewer layers than it needs), fewer (if layers are pruned)
+    while even none of their units would fit in it (a cost whose layers weigh more than their units)."""
+
+    def kept(layers: torch.Tensor, units: bool) -> float:
+        masks = StructureMasks(layers, [torch.full((h,), units) for h in config.heads_per_layer],
+                               [torch.full((f,), units) for f in config.intermediate_sizes])
+        return cost(masks.kept_structure(config.vocab_size))
+
+    while n_layers < config.num_hidden_layers and kept(_top_k_mask(layer_scores, n_layers), True) < budget:
+        n_layers += 1
+    while layers_gated and n_layers > 0 and kept(_top_k_mask(layer_scores, n_layers), False) > budget:
+        n_layers -= 1
+    return _top_k_mask(layer_scores, n_layers)
+
+
+def _align(kept: list[torch.Tensor], scores: list[torch.Tensor], layers: list[int], multiple: int, unit: float,
+           size: float, budget: float) -> float:
+    """Rounds each kept layer's count (in place) to the nearest multiple, taking the best-scored
+    units and dropping the worst, then trades whole multiples between layers (dropping the weakest
+    block while over the budget, adding the strongest while one fits); returns the new cost."""
+
+    def block(layer: int, add: bool, n: int = multiple) -> tuple[float, torch.Tensor]:
+        """The `n` best unkept (or worst kept) units of a layer and their score sum; a layer
+        without `n` of them offers none (an empty block)."""
+        pool = torch.nonzero(~kept[layer] if add else kept[layer]).flatten()
+        if len(pool) < n or n == 0:
+            return (float("-inf") if add else float("inf")), pool[:0]
+        order = torch.argsort(scores[layer][pool], descending=add)[:n]
+        return float(scores[layer][pool[order]].sum()), pool[order]
+
+    for layer in layers:
+        count = int(kept[layer].sum())
+        target = min(len(kept[layer]), multiple * round(count / multiple))
+        _, chosen = block(layer, target > count, abs(target - count))
+        kept[layer][chosen] = target > count
+        size += unit * (target - count)
+    while size > budget:
+        layer = min(layers, key=lambda i: block(i, add=False)[0])
+        total, chosen = block(layer, add=False)
+        if total == float("inf"):
+            break
+        kept[layer][chosen] = False
+        size -= unit * len(chosen)
+    while layers and size + unit * multiple <= budget:
+        layer = max(layers, key=lambda i: block(i, add=True)[0])
+        total, chosen = block(layer, add=True)
+        if total == float("-inf"):
+            break
+        kept[layer][chosen] = True
+        size += unit * len(chosen)
+    return size
 
 
 @dataclass(frozen=True)
@@ -93,7 +199,8 @@ class ArchitectureTarget:
             ]
         )
 
-    def final_masks(self, masks: L0Masks) -> StructureMasks:
+    def final_masks(self, masks: L0Masks, align: Alignment | None = None) -> StructureMasks:
+        """Top-k by gate score; the widths are the target's own, so `align` does not apply."""
         scores = {**_all_kept(masks.config), **masks.scores()}
         layer_scores = torch.cat(scores["layers"])
         return StructureMasks(
@@ -173,54 +280,11 @@ class ParameterBudget:
         expected = masks.expected_parameters(self.output_head_parameters)[self.scope]
         return ((expected - _ramped(full, self.parameters, ramp)) / full).reshape(1)
 
-    def final_masks(self, masks: L0Masks) -> StructureMasks:
-        """Rounds the expected counts, then adds or removes the best/worst-scored heads and neurons
-        until the size is the largest not above the budget (within one FFN neuron's cost)."""
+    def final_masks(self, masks: L0Masks, align: Alignment | None = None) -> StructureMasks:
         config = masks.config
-        scores = {**_all_kept(config), **masks.scores()}
-        with torch.no_grad():
-            expected = masks.expected_structure()
-        layer_scores = torch.cat(scores["layers"])
-        n_layers = int(round(float(expected["layers"])))
-        # Gates still undecided can round to fewer layers than the budget needs: then even every unit
-        # of the kept layers would fall short, so take the next best layers until the budget fits.
-        while n_layers < config.num_hidden_layers and self._size(config, StructureMasks(
-            _top_k_mask(layer_scores, n_layers), [torch.ones(h, dtype=torch.bool) for h in config.heads_per_layer],
-            [torch.ones(f, dtype=torch.bool) for f in config.intermediate_sizes],
-        ).kept_structure(config.vocab_size)) < self.parameters:
-            n_layers += 1
-        layers = _top_k_mask(layer_scores, n_layers)
-        heads = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["heads"], expected["heads"], strict=True)]
-        ffn = [_top_k_mask(s, int(round(float(e)))) for s, e in zip(scores["ffn"], expected["ffn"], strict=True)]
-        result = StructureMasks(layers, heads, ffn)
-        size = self._size(config, result.kept_structure(config.vocab_size))
-
-        # Units that can still be toggled: heads and neurons of kept layers, in gated structures.
-        unit_cost = {
-            "heads": attention_parameters_per_head(config.hidden_size, config.attention_head_size),
-            "ffn": ffn_parameters_per_neuron(config.hidden_size),
-        }
-        units = []  # (score, cost, structure, layer, index)
-        for name in ("heads", "ffn"):
-            if name not in masks.groups:
-                continue
-            for layer in torch.nonzero(layers).flatten().tolist():
-                for index, score in enumerate(scores[name][layer].tolist()):
-                    units.append((score, unit_cost[name], name, layer, index))
-        chosen = {"heads": heads, "ffn": ffn}
-        if size > self.parameters:
-            for _score, cost, name, layer, index in sorted(u for u in units if chosen[u[2]][u[3]][u[4]]):
-                if size <= self.parameters:
-                    break
-                chosen[name][layer][index] = False
-                size -= cost
-        # Then fill up with the best-scored units that still fit. A head costs far more than a
-        # neuron: one that does not fit (or one just removed above) must not stop cheaper ones.
-        for _score, cost, name, layer, index in sorted((u for u in units if not chosen[u[2]][u[3]][u[4]]), reverse=True):
-            if size + cost <= self.parameters:
-                chosen[name][layer][index] = True
-                size += cost
-        return result
+        unit_cost = {"heads": attention_parameters_per_head(config.hidden_size, config.attention_head_size),
+                     "ffn": ffn_parameters_per_neuron(config.hidden_size)}
+        return fit_to_budget(masks, self.parameters, lambda structure: self._size(config, structure), unit_cost, align)
 
     def describe(self) -> str:
         share = f"{self.fraction:.0%} of the {self.scope}: " if self.fraction is not None else ""
@@ -237,24 +301,77 @@ class ParameterBudget:
 
     def planned_structure(self, config: PrunableEncoderConfig) -> tuple[Structure, bool]:
         """The budget spread evenly over every layer: a stand-in, since the run decides where to cut."""
-        return even_structure(config, self.encoder_budget(config)), False
+        hidden = config.hidden_size
+        return even_structure(config, self.encoder_budget(config), layer_fixed_parameters(hidden),
+                              attention_parameters_per_head(hidden, config.attention_head_size),
+                              ffn_parameters_per_neuron(hidden)), False
 
     def encoder_parameters(self, config: PrunableEncoderConfig, ramp: float = 1.0) -> float:
         return _ramped(count_parameters(config).encoder, self.encoder_budget(config), ramp)
 
 
-def even_structure(config: PrunableEncoderConfig, encoder_budget: int) -> Structure:
-    """The uniform structure that keeps every layer and spends an encoder budget evenly: heads
-    scaled like the budget, the FFN width filling the rest."""
-    hidden, head = config.hidden_size, config.attention_head_size
+def even_structure(config: PrunableEncoderConfig, budget: float, layer_fixed: float, per_head: float,
+                   per_neuron: float) -> Structure:
+    """The uniform structure that keeps every layer and spends a budget on the layers evenly: heads
+    scaled like the budget, the FFN width filling the rest (costs per layer, head and neuron)."""
     full_heads, full_ffn = max(config.heads_per_layer), max(config.intermediate_sizes)
     layers = config.num_hidden_layers
-    per_head, per_neuron = attention_parameters_per_head(hidden, head), ffn_parameters_per_neuron(hidden)
-    variable = encoder_budget - layers * layer_fixed_parameters(hidden)
+    variable = budget - layers * layer_fixed
     share = min(1.0, max(0.0, variable / (layers * (full_heads * per_head + full_ffn * per_neuron))))
     heads = round(full_heads * share)
     ffn = int((variable / layers - heads * per_head) // per_neuron)
     return Structure.uniform(layers, heads, min(full_ffn, max(0, ffn)), config.vocab_size)
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """`seconds` per batch (at the cost model's batch size and length, on this machine): the
+    unpruned model's predicted time over `speedup` when asked as a speedup."""
+
+    model: LatencyModel = field(compare=False)
+    seconds: float
+    speedup: float | None = None
+
+    learns_masks = True
+
+    @classmethod
+    def for_model(cls, model: LatencyModel, config: PrunableEncoderConfig, structures: tuple[str, ...],
+                  speedup: float | None = None, seconds: float | None = None) -> LatencyTarget:
+        try:
+            budget = latency_budget(model, config, speedup, seconds, structures)
+        except ValueError as error:
+            raise TargetError(str(error)) from None
+        return cls(model, budget, speedup)
+
+    def validate(self, config: PrunableEncoderConfig, structures: tuple[str, ...]) -> None:
+        """Reachability was checked when the budget was set (`for_model`)."""
+        self.model.check_config(config)
+
+    def describe(self) -> str:
+        c = self.model.conditions
+        wanted = f"{self.speedup:g}x faster: " if self.speedup is not None else ""
+        return f"{wanted}{self.seconds * 1000:.1f} ms per batch of {c.batch_size} x {c.sequence_length} on this {c.device}"
+
+    def constraint_names(self) -> list[str]:
+        return ["latency"]
+
+    def gaps(self, masks: L0Masks, ramp: float = 1.0) -> torch.Tensor:
+        expected = masks.expected_structure()
+        seconds = self.model.expected(expected["layer_keep"], expected["heads"], expected["ffn"])
+        full = self.model.full_latency
+        return ((seconds - _ramped(full, self.seconds, ramp)) / full).reshape(1)
+
+    def final_masks(self, masks: L0Masks, align: Alignment | None = None) -> StructureMasks:
+        unit_cost = {"heads": self.model.per_head, "ffn": self.model.per_neuron}
+        return fit_to_budget(masks, self.seconds, self.model.predict, unit_cost, align)
+
+    def planned_structure(self, config: PrunableEncoderConfig) -> tuple[Structure, bool]:
+        m = self.model
+        return even_structure(config, self.seconds - m.base, m.layer_fixed, m.per_head, m.per_neuron), False
+
+    def encoder_parameters(self, config: PrunableEncoderConfig, ramp: float = 1.0) -> float:
+        """The planned structure's encoder size (the run decides the real one)."""
+        return float(count_parameters(config, self.planned_structure(config)[0]).encoder)
 
 
 @dataclass(frozen=True)
@@ -292,7 +409,7 @@ class FixedStructure:
     def constraint_names(self) -> list[str]:
         return []
 
-    def final_masks(self, masks: L0Masks | None = None) -> StructureMasks:
+    def final_masks(self, masks: L0Masks | None = None, align: Alignment | None = None) -> StructureMasks:
         return self.masks
 
     def planned_structure(self, config: PrunableEncoderConfig) -> tuple[Structure, bool]:
@@ -302,53 +419,4 @@ class FixedStructure:
         return float(count_parameters(config, self.masks.kept_structure(config.vocab_size)).encoder)
 
 
-SizeTarget = ArchitectureTarget | ParameterBudget | FixedStructure
-
-
-# The linear multiplier integrates only while the gap is within this share of the full size, at
-# this fraction of the quadratic one's learning rate, and leaks (AdamW decay) at this rate: it loses
-# lr * INTEGRAL_RATE * INTEGRAL_LEAK of its value per step (5% at the default lr), which bounds it
-# near 1 and lets it fade in about 20 steps once the gap closes (see Lagrangian).
-INTEGRATION_BAND = 0.05
-INTEGRAL_RATE = 0.1
-INTEGRAL_LEAK = 1.0
-
-
-class Lagrangian(nn.Module):
-    """`l1 * gap + l2 * gap^2` summed over constraints, the multipliers trained by gradient ascent
-    (`optimizer`): a persistent gap makes them grow until the gates give in, which a fixed penalty
-    weight cannot guarantee.
-
-    Read as a controller, the quadratic term is the proportional part (its push follows the gap and
-    reverses with it) and `l1` the integral part that removes the offset the task loss leaves. The
-    gates start near 1 and lag the ramped target by tens of steps; integrating those large gaps wound
-    `l1` up and drove MiniLM's expected size to 2.2M against a 5.3M target. So `l1` integrates only
-    inside INTEGRATION_BAND, at INTEGRAL_RATE of the rate, and leaks (a leaky integrator): without
-    the leak it still wound up inside the band and left the size 1.4% under target after 300 mask
-    steps; with it, 0.0% after 150 and 0.8% after 300 (benchmarks/RESULTS.md has the runs).
-    """
-
-    def __init__(self, constraint_names: list[str]):
-        super().__init__()
-        self.constraint_names = list(constraint_names)
-        self.lambda_1 = nn.Parameter(torch.zeros(len(constraint_names)))
-        self.lambda_2 = nn.Parameter(torch.zeros(len(constraint_names)))
-
-    def forward(self, gaps: torch.Tensor) -> torch.Tensor:
-        # Same value either way; outside the band lambda_1 gets no gradient (anti-windup).
-        integrating = (gaps.detach().abs() <= INTEGRATION_BAND).to(gaps.dtype)
-        lambda_1 = self.lambda_1 * integrating + self.lambda_1.detach() * (1 - integrating)
-        return (lambda_1 * gaps + self.lambda_2 * gaps.pow(2)).sum()
-
-    def optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """Gradient ascent on the multipliers, `l1` at INTEGRAL_RATE of `lr` and leaking."""
-        groups = [{"params": [self.lambda_2], "lr": lr, "weight_decay": 0.0},
-                  {"params": [self.lambda_1], "lr": lr * INTEGRAL_RATE, "weight_decay": INTEGRAL_LEAK}]
-        return torch.optim.AdamW(groups, maximize=True)
-
-    def multipliers(self) -> dict[str, float]:
-        out = {}
-        for i, name in enumerate(self.constraint_names):
-            out[f"lambda_1/{name}"] = float(self.lambda_1[i].detach())
-            out[f"lambda_2/{name}"] = float(self.lambda_2[i].detach())
-        return out
+SizeTarget = ArchitectureTarget | ParameterBudget | LatencyTarget | FixedStructure

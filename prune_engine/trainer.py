@@ -28,15 +28,33 @@ from .batches import BatchSchedule, make_batch
 from .checkpoint import Checkpoint, CheckpointError, latest_usable, save_checkpoint
 from .config import RunConfig
 from .embedder import Embedder
-from .finish import export_run, report_text, run_report
+from .finish import Evaluation, export_run, report_text, run_report, serving_variants
 from .l0 import L0Masks, StructureMasks
+from .lagrangian import Lagrangian
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
 from .objective import PruningObjective, scheduler_at, weights_and_gates_optimizer
 from .prune import prune_embedder
 from .run_dir import RunDirectory, TrainingError
 from .run_inputs import check_resumable, load_inputs
-from .targets import Lagrangian
 from .teacher import Teacher
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Folders a refused run created and left empty go again, innermost first."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty: the run wrote in it
 
 
 @dataclass
@@ -105,7 +123,13 @@ class PruningRun:
 
     # ----------------------------------------------------------------- the run
     def run(self, resume: bool = False) -> RunResult:
-        """Trains (or resumes) in the run directory, which no other process may be training in."""
+        """Trains (or resumes) in the run directory, which no other process may be training in.
+
+        A refused directory or bad input (configuration, data, documents, model, target: all checked
+        before training) raises and leaves the directory as it was, removing it again if this call
+        created it; status.json records only runs that started, "failed" with the reason when one stops.
+        """
+        created = _missing_folders(self.run_dir.absolute())
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.accelerator.is_main_process:
@@ -114,17 +138,20 @@ class PruningRun:
             raise TrainingError(f"cannot use {self.run_dir} as the run directory ({error.strerror}): choose an "
                                 "output_dir you can write to") from None
         try:
-            return self._run(resume)
+            started = time.perf_counter()
+            checkpoint, notes = check_resumable(self.directory, self.config, resume, self.allow_config_change)
+            self.inputs = load_inputs(self.config, self.directory)
+            self.timings["load"] = time.perf_counter() - started
+            if self.accelerator.is_main_process:
+                self.directory.remove_stale_staging()
+            return self._run(checkpoint, notes)
         finally:
             self.directory.lock.release()
+            _remove_if_empty(created)
 
-    def _run(self, resume: bool) -> RunResult:
+    def _run(self, checkpoint: Checkpoint | None, notes: list[str]) -> RunResult:
         try:
-            started = time.perf_counter()
-            checkpoint, warnings = check_resumable(self.directory, self.config, resume, self.allow_config_change)
-            self.inputs = load_inputs(self.config)
             self.inputs.teacher.to(self.accelerator.device)
-            self.timings["load"] = time.perf_counter() - started
             self.schedule = BatchSchedule(
                 len(self.inputs.data), self.inputs.training_documents, self.config.batch_size,
                 self.config.documents_per_batch, self.config.seed, self.config.max_train_examples,
@@ -139,10 +166,13 @@ class PruningRun:
                 self.directory.write_config(self.config)
             self._status("running")
             self._emit("start", self._size_metrics(), self._gates())
-            for warning in warnings + self.inputs.warnings:
-                self._emit("warning", message=warning)
+            for note in notes + self.inputs.warnings:
+                self._emit("warning", message=note)
             return self._loop()
-        except (TrainingError, CheckpointError, ValueError) as error:  # ValueError: data, model, target, config
+        except CheckpointError as error:  # a checkpoint that could not be written (a full disk)
+            self._fail(str(error))
+            raise TrainingError(str(error)) from None
+        except (TrainingError, ValueError) as error:  # ValueError: data, model, target, config
             self._fail(str(error))
             raise
         except torch.cuda.OutOfMemoryError:
@@ -319,8 +349,17 @@ class PruningRun:
     def _loop(self) -> RunResult:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=self.total_steps, initial=self.step, desc="pruning", unit="step",
-                        disable=not (self.show_progress and self.accelerator.is_main_process))
+        # The bar is closed before an error propagates, so the CLI's error line starts a line of its own.
+        with tqdm(total=self.total_steps, initial=self.step, desc="pruning", unit="step",
+                  disable=not (self.show_progress and self.accelerator.is_main_process)) as progress:
+            if not self._train_steps(progress):
+                return RunResult(self.run_dir, None, None, cancelled=True)
+        if self.phase == "mask":
+            self._end_mask_phase()
+        return self._finish()
+
+    def _train_steps(self, progress) -> bool:
+        """Trains to the last step (True), or until cancelled (False) with a checkpoint to resume from."""
         window: dict[str, float] = {}
         window_steps, window_start, started = 0, time.perf_counter(), time.perf_counter()
         while self.step < self.total_steps:
@@ -328,8 +367,7 @@ class PruningRun:
                 self._save_checkpoint()
                 self._status("cancelled", f"cancelled at step {self.step}; resume to continue")
                 self._emit("cancelled", message="cancelled; resume to continue")
-                progress.close()
-                return RunResult(self.run_dir, None, None, cancelled=True)
+                return False
             if self.phase == "mask" and self.step >= self.mask_steps:
                 self._end_mask_phase()
             for name, value in self._train_step().items():
@@ -341,29 +379,30 @@ class PruningRun:
                 record = {"step": self.step, "phase": self.phase, "elapsed_s": time.perf_counter() - started}
                 record.update({f"loss/{k}": v / window_steps for k, v in window.items() if k != "examples"})
                 record["examples_per_s"] = window.get("examples", 0.0) / max(time.perf_counter() - window_start, 1e-9)
-                record["lr/weights"] = self.optimizer.param_groups[0]["lr"]
-                if self.masks is not None:
-                    record["lr/gates"] = self.optimizer.param_groups[1]["lr"]
-                record.update(self._size_metrics())
-                gates = self._gates()
-                if self.accelerator.is_main_process:
-                    self.directory.append_log(record, {"step": self.step, "phase": self.phase, **gates})
-                progress.set_postfix(loss=f"{record['loss/total']:.3f}",
-                                     size=f"{record['expected_encoder_params'] / 1e6:.1f}M")
-                self._emit("log", record, gates)
+                self._log_step(record, progress)
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
                 self._emit("checkpoint", message=str(self._save_checkpoint()))
-        progress.close()
         self.timings["steps"] = time.perf_counter() - started
-        if self.phase == "mask":
-            self._end_mask_phase()
-        return self._finish()
+        return True
+
+    def _log_step(self, record: dict, progress) -> None:
+        """Completes a logging step's record (learning rates, sizes) and writes and reports it."""
+        record["lr/weights"] = self.optimizer.param_groups[0]["lr"]
+        if self.masks is not None:
+            record["lr/gates"] = self.optimizer.param_groups[1]["lr"]
+        record.update(self._size_metrics())
+        gates = self._gates()
+        if self.accelerator.is_main_process:
+            self.directory.append_log(record, {"step": self.step, "phase": self.phase, **gates})
+        progress.set_postfix(loss=f"{record['loss/total']:.3f}", size=f"{record['expected_encoder_params'] / 1e6:.1f}M")
+        self._emit("log", record, gates)
 
     def _end_mask_phase(self) -> None:
         student = self.accelerator.unwrap_model(self.objective).student
         self.phase = "finetune"
-        self._fix_masks(student, self.inputs.target.final_masks(self.masks))
+        alignment = self.config.alignment(on_gpu=self.accelerator.device.type == "cuda")
+        self._fix_masks(student, self.inputs.target.final_masks(self.masks, alignment))
         self._emit("phase", self._size_metrics(), self._gates(), "masks fixed; fine-tuning the pruned structure")
 
     def _finish(self) -> RunResult:
@@ -376,8 +415,13 @@ class PruningRun:
                 self.inputs.target.describe(), self.step, self.inputs.vocabulary_texts)
             self.timings["export"] = time.perf_counter() - started
             started = time.perf_counter()
-            report = run_report(self.config, self.inputs.teacher, student, self.inputs.documents, self.timings)
+            evaluation = Evaluation.for_run(self.config, self.inputs.teacher, self.inputs.documents)
+            report = run_report(evaluation, student, self.inputs.target, self.timings)
             report["timings_s"]["evaluation"] = time.perf_counter() - started
+            if self.config.serving.onnx:
+                started = time.perf_counter()
+                report["serving"] = serving_variants(export_dir, evaluation, self.config.serving.int8_threshold)
+                report["timings_s"]["serving"] = time.perf_counter() - started
             self.directory.write_report(report, report_text(report))
         self._status("done")
         self._emit("done", gates=self._gates(), message=str(export_dir))

@@ -19,11 +19,12 @@ import pytest
 import torch
 from torch import nn
 
+from prune_engine.config import load_config
 from prune_engine.data import RetrievalTask
 from prune_engine.embedder import Embedder
 from prune_engine.l0 import StructureMasks
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel
-from prune_engine.sources import encoder_config_from_hf, load_embedder
+from prune_engine.sources import bundled_minilm_dir, encoder_config_from_hf, load_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PRUNE_ENGINE_DATA", ROOT.parent / "shared" / "data"))
@@ -195,3 +196,27 @@ def tiny_xlmr_embedder(xlmr_tokenizer):
         return embedder.eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 3-layer BERT (hidden 32) saved as a stock checkpoint with MiniLM's tokenizer: runs
+    on it take about a second."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(bundled_minilm_dir()).save_pretrained(directory)
+    return directory
+
+
+def tiny_config(model_dir: Path, run_dir: Path, *overrides: str):
+    """An 8-step run on the demo pairs: 4 steps learning masks, 4 fine-tuning, a checkpoint every 4."""
+    return load_config(None, [
+        f"model={model_dir}", "dataset=demo", f"output_dir={run_dir}", "target_params.fraction=0.5",
+        "batch_size=8", "max_length=32", "max_duration=8ba", "mask_fraction=0.5", "log_every=1",
+        "checkpoint_every=4", "optimizer.lr=1e-3", *overrides,
+    ])

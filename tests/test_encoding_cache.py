@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from prune_engine.embedder import Encoded
 from prune_engine.encoding_cache import EncodingCache
-from prune_engine.evaluate import Encoded
 
 PARTS = {"queries": ["a claim"], "documents": ["first abstract", "second abstract"]}
 

@@ -9,6 +9,7 @@ import json
 import pytest
 from conftest import retrieval_subset
 
+from benchmarks.baselines import layer_drop_masks
 from prune_engine import cli
 from prune_engine.data import (
     QueryPassagePairs,
@@ -27,7 +28,6 @@ from prune_engine.evaluate import (
     format_report,
 )
 from prune_engine.export import export_embedder, pruning_info
-from prune_engine.importance import layer_drop_masks
 from prune_engine.prune import prune_embedder
 from prune_engine.sources import load_embedder
 from prune_engine.vocab import plan_vocabulary, trim_embedder

@@ -18,17 +18,10 @@ from prune_engine.l0 import (
     L0Masks,
     StructureMasks,
 )
+from prune_engine.lagrangian import INTEGRAL_LEAK, INTEGRAL_RATE, INTEGRATION_BAND, Lagrangian
 from prune_engine.modeling_prunable_encoder import PrunableEncoderConfig
 from prune_engine.presets import bge_m3_config
-from prune_engine.targets import (
-    INTEGRAL_LEAK,
-    INTEGRAL_RATE,
-    INTEGRATION_BAND,
-    ArchitectureTarget,
-    Lagrangian,
-    ParameterBudget,
-    TargetError,
-)
+from prune_engine.targets import ArchitectureTarget, ParameterBudget, TargetError
 
 
 def tiny_config(**overrides) -> PrunableEncoderConfig:
@@ -402,3 +395,53 @@ def test_structure_masks_round_trip_and_gates():
     gates = masks.as_gates()
     assert [float(g) for g in gates.layer] == [1.0, 0.0]
     assert gates.heads[0].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_aligned_final_masks_keep_multiples_within_the_budget():
+    """FFN widths rounded to multiples of 16 per layer, chosen by gate score, the size still the
+    largest not above the budget within one block of neurons."""
+    from prune_engine.targets import Alignment
+
+    config = tiny_config(intermediate_size=64, num_hidden_layers=4)
+    masks = L0Masks(config, ("heads", "ffn"))
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(3)
+        for group in masks.groups.values():
+            group.log_alpha.copy_(torch.randn(group.log_alpha.shape, generator=generator))
+    budget = ParameterBudget.from_fraction(config, 0.55)
+    plain = budget.final_masks(masks)
+    aligned = budget.final_masks(masks, Alignment(ffn=16))
+    neuron = ffn_parameters_per_neuron(config.hidden_size)
+    sizes = {name: count_parameters(config, m.kept_structure(config.vocab_size)).encoder
+             for name, m in (("plain", plain), ("aligned", aligned))}
+    assert all(int(f.sum()) % 16 == 0 for f in aligned.ffn)
+    assert any(int(f.sum()) % 16 for f in plain.ffn)  # the rounding did something
+    assert budget.parameters - 16 * neuron < sizes["aligned"] <= budget.parameters
+    # The best-scored neurons of each layer are the ones kept.
+    for kept, scores in zip(aligned.ffn, masks.scores()["ffn"], strict=True):
+        if 0 < int(kept.sum()) < len(kept):
+            assert float(scores[kept].min()) >= float(scores[~kept].max())
+
+
+def test_a_latency_target_drives_the_expected_time_and_fits_its_budget():
+    from prune_engine.accounting import Structure
+    from prune_engine.latency import Conditions, LatencyModel
+    from prune_engine.targets import LatencyTarget
+
+    config = tiny_config()
+    conditions = Conditions(8, 16, "cpu", "float32", 1, torch.__version__, "test", "cpu")
+    model = LatencyModel(base=1e-3, layer_fixed=2e-3, per_head=1e-3, per_neuron=2e-5, hidden_size=config.hidden_size,
+                         attention_head_size=config.attention_head_size, full_structure=Structure.of(config),
+                         conditions=conditions)
+    target = LatencyTarget.for_model(model, config, ("heads", "ffn"), speedup=2.0)
+    assert target.seconds == pytest.approx(model.full_latency / 2)
+    masks = L0Masks(config, ("heads", "ffn"))
+    gap = target.gaps(masks, ramp=1.0)
+    assert float(gap) > 0.4  # gates near 1: about the full time, twice the target
+    gap.sum().backward()
+    assert all(float(g.log_alpha.grad.min()) > 0 for g in masks.groups.values())
+    final = target.final_masks(masks)
+    seconds = model.predict(final.kept_structure(config.vocab_size))
+    assert target.seconds - model.per_neuron - 1e-12 <= seconds <= target.seconds + 1e-12
+    with pytest.raises(TargetError, match="target_speedup 50 is beyond what pruning"):
+        LatencyTarget.for_model(model, config, ("heads", "ffn"), speedup=50.0)

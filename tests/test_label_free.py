@@ -10,20 +10,20 @@ import re
 
 import pytest
 
+from benchmarks.baselines import evenly_spaced, layer_drop_masks
 from prune_engine.data import DataError
+from prune_engine.documents import Document, Documents, split_documents
+from prune_engine.embedder import Encoded
 from prune_engine.encoding_cache import EncodingCache
-from prune_engine.evaluate import AGREEMENT, MIXED_PREFIX, Encoded, encode_data, format_report
-from prune_engine.importance import evenly_spaced, layer_drop_masks
+from prune_engine.evaluate import AGREEMENT, MIXED_PREFIX, encode_data, format_report
 from prune_engine.label_free import (
     AGREEMENT_AT_10,
     FALLBACK_QUERY_WORDS,
     MIN_SENTENCE_WORDS,
     SPLIT,
-    document_text,
     label_free_report,
     label_free_rows,
     pseudo_query_task,
-    split_held_out,
     top_k_agreement,
 )
 from prune_engine.prune import prune_embedder
@@ -35,20 +35,26 @@ from workbench.runs import headline_retained
 N_PASSAGES = 200  # TREC DL passages for the model tests: 40 pseudo-queries among 200 passages
 
 
-def read_corpus(relative: str) -> list[tuple[str | None, str]]:
+def read_corpus(relative: str) -> list[Document]:
     with require_data(relative).open(encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
-    return [(row.get("title") or None, row["text"]) for row in rows]
+    return [Document(row.get("title") or None, row["text"]) for row in rows]
 
 
 @pytest.fixture(scope="module")
-def scifact_documents() -> list[tuple[str | None, str]]:
+def scifact_documents() -> list[Document]:
     return read_corpus("scifact/corpus.jsonl")
 
 
 @pytest.fixture(scope="module")
-def trec_passages() -> list[tuple[str | None, str]]:
+def trec_passages() -> list[Document]:
     return read_corpus("msmarco/trec-dl-2019-beir/corpus.jsonl")
+
+
+def held_out_split(documents: list[Document], share: float) -> tuple[list[Document], list[str]]:
+    """The product's held-out slice of these documents, and the others as distractors."""
+    split = split_documents(Documents(tuple(documents), "test"), share)
+    return list(split.held_out.documents), split.training.texts()
 
 
 def words(text: str) -> list[str]:
@@ -60,8 +66,8 @@ def words(text: str) -> list[str]:
 
 
 def test_the_same_seed_gives_the_same_task_and_another_seed_another(trec_passages):
-    held_out, rest = split_held_out(trec_passages, 0.05, seed=3)
-    assert (held_out, rest) == split_held_out(trec_passages, 0.05, seed=3)
+    held_out, rest = held_out_split(trec_passages, 0.05)
+    assert (held_out, rest) == held_out_split(trec_passages, 0.05)
     assert len(held_out) == 250 and len(rest) == 4750
     task = pseudo_query_task(held_out, rest, seed=3, max_distractors=1000)
     again = pseudo_query_task(held_out, rest, seed=3, max_distractors=1000)
@@ -79,23 +85,24 @@ def test_a_document_keeps_its_pseudo_query_whichever_others_are_held_out_with_it
 
 
 def test_titled_documents_are_queried_by_their_title_and_judged_on_their_text(scifact_documents):
-    held_out, rest = split_held_out(scifact_documents, 0.05, seed=0)
+    held_out, rest = held_out_split(scifact_documents, 0.05)
     task = pseudo_query_task(held_out, rest, source="SciFact")
     assert len(task.queries) == len(held_out) == 259
     opening_with_title = 0
-    for index, (title, text) in enumerate(held_out):
+    for index, document in enumerate(held_out):
+        title, text = document.title, document.text
         assert task.queries[f"q{index}"] == title.strip()
         opening_with_title += text.startswith(title)
         assert task.corpus[f"p{index}"] == text.removeprefix(title).strip()
         assert task.qrels[f"q{index}"] == {f"p{index}": 1}
-    assert opening_with_title == 2, "two abstracts (a review of ggplot2, one more) open with their title"
-    assert not set(task.corpus.values()) & {document_text(*doc) for doc in held_out}, "no passage keeps its title"
+    assert opening_with_title == 1, "one held-out abstract (of two in SciFact) opens with its title"
+    assert not set(task.corpus.values()) & {doc.formatted for doc in held_out}, "no passage keeps its title"
     assert "259 titles, 0 inverse cloze" in task.source and task.source.startswith("SciFact: ")
 
 
 def test_a_body_that_opens_with_its_title_loses_it_and_a_title_alone_is_split_by_inverse_cloze():
-    task = pseudo_query_task([("Pruning", "Pruning\nremoves heads and neurons."),
-                              ("A title with no body at all", "  "), (" ", "Only a body, with no title at all here.")], [])
+    task = pseudo_query_task([Document("Pruning", "Pruning\nremoves heads and neurons."),
+                              Document("A title with no body at all", "  "), Document(" ", "Only a body, with no title at all here.")], [])
     assert (task.queries["q0"], task.corpus["p0"]) == ("Pruning", "removes heads and neurons.")
     assert (task.queries["q1"], task.corpus["p1"]) == ("A title with", "no body at all")
     assert (task.queries["q2"], task.corpus["p2"]) == ("Only a body, with", "no title at all here.")
@@ -103,13 +110,13 @@ def test_a_body_that_opens_with_its_title_loses_it_and_a_title_alone_is_split_by
 
 
 def test_untitled_documents_give_an_inverse_cloze_sentence_not_left_in_the_passage(trec_passages):
-    held_out, rest = split_held_out(trec_passages, 0.05, seed=0)
+    held_out, rest = held_out_split(trec_passages, 0.05)
     task = pseudo_query_task(held_out, rest)
-    assert len(task.queries) == 248, "two passages repeat every sentence and cannot be split"
+    assert len(task.queries) == 250, "every held-out passage has a sentence that is not repeated"
     sentences = 0
     for query_id, query in task.queries.items():
         index = int(query_id[1:])
-        document, passage = held_out[index][1], task.corpus[f"p{index}"]
+        document, passage = held_out[index].text, task.corpus[f"p{index}"]
         assert query in document and query not in passage
         start = document.index(query)
         assert passage.split() == (document[:start] + " " + document[start + len(query):]).split()
@@ -122,29 +129,29 @@ def test_untitled_documents_give_an_inverse_cloze_sentence_not_left_in_the_passa
 
 def test_short_documents_fall_back_to_their_first_words_and_unsplittable_ones_are_skipped():
     one_sentence = " ".join(f"w{i}" for i in range(40))
-    task = pseudo_query_task([(None, one_sentence), (None, "Too short. Two."), (None, "word"), ("", "x y")], [])
+    task = pseudo_query_task([Document(None, one_sentence), Document(None, "Too short. Two."), Document(None, "word"), Document("", "x y")], [])
     assert task.queries["q0"] == " ".join(f"w{i}" for i in range(FALLBACK_QUERY_WORDS))
     assert task.corpus["p0"] == " ".join(f"w{i}" for i in range(FALLBACK_QUERY_WORDS, 40))
     assert (task.queries["q1"], task.corpus["p1"]) == ("Too", "short. Two."), "short sentences are not usable"
     assert "q2" not in task.queries and (task.queries["q3"], task.corpus["p3"]) == ("x", "y")
     assert "1 documents too short or repetitive to split" in task.source
     with pytest.raises(DataError, match="none of the 2 held-out documents"):
-        pseudo_query_task([(None, "word"), (None, "A sentence. A sentence.")], ["other"])
+        pseudo_query_task([Document(None, "word"), Document(None, "A sentence. A sentence.")], ["other"])
 
 
 def test_chinese_text_is_split_into_sentences_of_characters():
     with require_data("stsb/stsb-zh-dev.tsv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     sentences = [row["sentence1"].rstrip("。") + "。" for row in rows[:6]]
-    task = pseudo_query_task([(None, "".join(sentences))], [], seed=0)
+    task = pseudo_query_task([Document(None, "".join(sentences))], [], seed=0)
     assert task.queries["q0"] in sentences
     assert task.corpus["p0"] == "".join(s for s in sentences if s != task.queries["q0"])
 
 
 def test_distractors_are_a_seeded_sample_without_copies_of_the_held_out_text(scifact_documents):
-    held_out, rest = split_held_out(scifact_documents[:500], 0.1, seed=0)
-    copy_of_held_out = document_text(*held_out[0])
-    task = pseudo_query_task(held_out, [*rest, copy_of_held_out, held_out[1][1]], max_distractors=100)
+    held_out, rest = held_out_split(scifact_documents[:500], 0.1)
+    copy_of_held_out = held_out[0].formatted
+    task = pseudo_query_task(held_out, [*rest, copy_of_held_out, held_out[1].text], max_distractors=100)
     distractors = {doc_id: text for doc_id, text in task.corpus.items() if doc_id.startswith("d")}
     assert len(distractors) == 100 and set(distractors.values()) <= set(rest)
     assert distractors == {k: v for k, v in pseudo_query_task(held_out, rest, max_distractors=100).corpus.items()
@@ -155,14 +162,8 @@ def test_distractors_are_a_seeded_sample_without_copies_of_the_held_out_text(sci
 
 
 def test_bad_input_is_refused_with_what_to_pass_instead():
-    with pytest.raises(TypeError, match=r"held-out document 0 .* expected a \(title or None, text\) pair"):
-        pseudo_query_task(["a plain string"], [])
     with pytest.raises(ValueError, match="max_distractors"):
-        pseudo_query_task([(None, "a b c")], [], max_distractors=-1)
-    with pytest.raises(ValueError, match="0.05 holds out 5%"):
-        split_held_out([(None, "a"), (None, "b")], 5)
-    with pytest.raises(DataError, match="at least two"):
-        split_held_out([(None, "a")], 0.5)
+        pseudo_query_task([Document(None, "a b c")], [], max_distractors=-1)
 
 
 # --------------------------------------------------------------------------- the report
@@ -170,7 +171,7 @@ def test_bad_input_is_refused_with_what_to_pass_instead():
 
 @pytest.fixture(scope="module")
 def trec_task(trec_passages):
-    held_out, rest = split_held_out(trec_passages[:N_PASSAGES], 0.2, seed=0)
+    held_out, rest = held_out_split(trec_passages[:N_PASSAGES], 0.2)
     return pseudo_query_task(held_out, rest, source=f"TREC DL 2019, first {N_PASSAGES} passages")
 
 
@@ -218,7 +219,7 @@ def test_top_k_agreement_counts_shared_documents_whatever_their_order(trec_task,
 
 
 def test_bge_m3_shaped_models_add_sparse_and_multi_vector_rows(tiny_xlmr_embedder, trec_passages):
-    held_out, rest = split_held_out(trec_passages[:60], 0.2, seed=0)
+    held_out, rest = held_out_split(trec_passages[:60], 0.2)
     task = pseudo_query_task(held_out, rest)
     report = label_free_report(tiny_xlmr_embedder(seed=0), tiny_xlmr_embedder(seed=1), task)
     rows = report["splits"][SPLIT]["metrics"]

@@ -4,8 +4,10 @@ the sentence-transformers settings read from a model's files."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import torch
 from conftest import tiny_hf_config
 
 from prune_engine import sources
@@ -175,3 +177,37 @@ def test_settings_from_a_cls_model_without_normalize(tmp_path):
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8192}))
     assert read_sentence_transformers_settings(tmp_path) == ("cls", False, 8192)
+
+
+def test_the_pooler_is_carried_for_exports_but_is_no_parameter(minilm):
+    """Sentence embeddings never use the pooler; a stock export ships it so loaders find every weight."""
+    from safetensors.torch import load_file
+
+    state = load_file(resolve_model_dir("minilm") / "model.safetensors")
+    assert set(minilm.pooler) == {"pooler.dense.weight", "pooler.dense.bias"}
+    for key, value in minilm.pooler.items():
+        assert torch.equal(value, state[key].float())
+    assert not [name for name, _ in minilm.named_parameters() if "pooler" in name]
+    assert not [name for name in minilm.state_dict() if "pooler" in name]
+    assert minilm.with_parts(minilm.encoder).pooler is minilm.pooler
+
+
+def test_a_checkpoint_without_a_pooler_loads_without_one(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "no-pooler")
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("pooler.")}, folder / "model.safetensors")
+    assert load_embedder(str(tiny_model_dir)).pooler is not None
+    assert load_embedder(str(folder)).pooler is None
+
+
+def test_an_export_config_keeps_its_per_layer_structure_under_a_stock_model_type():
+    exported = PrunableEncoderConfig(hidden_size=32, num_attention_heads=4, heads_per_layer=[2, 0],
+                                     intermediate_sizes=[10, 20], pad_token_id=1, position_ids_from_padding=True,
+                                     source_model_type="xlm-roberta").to_dict()
+    exported["model_type"] = "xlm-roberta"  # as export.py writes an uneven structure
+    config = encoder_config_from_hf(exported)
+    assert (config.heads_per_layer, config.intermediate_sizes) == ([2, 0], [10, 20])
+    assert (config.source_model_type, config.position_ids_from_padding, config.attention_head_size) == (
+        "xlm-roberta", True, 8)

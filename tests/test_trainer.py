@@ -12,38 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from prune_engine.accounting import Structure, count_parameters
 from prune_engine.config import load_config
 from prune_engine.l0 import StructureMasks
 from prune_engine.run_dir import TrainingError
-from prune_engine.sources import bundled_minilm_dir, load_embedder
+from prune_engine.sources import load_embedder
 from prune_engine.targets import TargetError
 from prune_engine.trainer import PruningRun
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A random 3-layer BERT (hidden 32) saved as a stock checkpoint with MiniLM's tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(bundled_minilm_dir()).save_pretrained(directory)
-    return directory
-
-
-def tiny_config(model_dir: Path, run_dir: Path, *overrides: str):
-    return load_config(None, [
-        f"model={model_dir}", "dataset=demo", f"output_dir={run_dir}", "target_params.fraction=0.5",
-        "batch_size=8", "max_length=32", "max_duration=8ba", "mask_fraction=0.5", "log_every=1",
-        "checkpoint_every=4", "optimizer.lr=1e-3", *overrides,
-    ])
 
 
 def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -353,3 +332,38 @@ def test_demo_config_end_to_end_on_the_real_minilm(tmp_path):
     structure = Structure(tuple(info["heads_per_layer"]), tuple(info["intermediate_sizes"]), minilm.vocab_size)
     assert info["parameters_after"] == count_parameters(minilm, structure).as_dict()
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def test_a_speedup_target_calibrates_this_machine_and_reports_the_measured_speedup(tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "target_params=null", "target_speedup=1.6",
+                         "structures=[layers, heads, ffn]",
+                         "latency_batch_size=4", "latency_length=16", "eval_splits=[]")
+    result = PruningRun(config).run()
+    model = json.loads((result.run_dir / "latency_model.json").read_text())
+    assert model["conditions"]["batch_size"] == 4 and model["per_neuron"] >= 0
+    latency = json.loads((result.run_dir / "report.json").read_text())["latency"]
+    # The structure is cut to at least the predicted target (a tiny model's time is mostly per layer,
+    # so the steps are coarse); what the export measures is beside it.
+    assert latency["predicted_speedup"] >= 1.6 * (1 - 1e-9) and latency["predicted_s"] <= latency["target_s"] * (1 + 1e-9)
+    assert latency["measured_speedup"] > 1.0 and latency["measured_s"] > 0
+    assert "measured" in (result.run_dir / "report.txt").read_text()
+
+
+def test_onnx_variants_are_written_and_the_quality_gate_decides_in_pruning_info(tiny_model_dir, tmp_path):
+    from prune_engine.serving import OnnxEmbedder
+
+    documents = tmp_path / "documents.txt"
+    documents.write_text("\n".join(f"document {i} tells of topic {i % 7} and of nothing else at all" for i in range(60)))
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "max_duration=4ba", "eval_splits=[test]",
+                         f"documents={documents}", "serving.onnx=true")
+    result = PruningRun(config).run()
+    serving = json.loads((result.export_dir / "pruning_info.json").read_text())["serving"]
+    gate = serving["quality_gate"]
+    assert set(serving["onnx"]["files"]) == {"fp32", "int8"} and gate["recommended"] in ("fp32", "int8")
+    assert gate["figures"] and all(name.startswith(("test/", "documents/")) for name in gate["figures"])
+    assert gate["int8_recommended"] == all(row["kept"] >= 0.99 for row in gate["figures"].values())
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert set(report["serving"]["evaluations"]) == {"fp32", "int8"}
+    assert gate["decision"] in (result.run_dir / "report.txt").read_text()
+    vectors = OnnxEmbedder(result.export_dir, "int8").encode(["a sentence to embed", "another one"])
+    assert vectors.shape == (2, 32)

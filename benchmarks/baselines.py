@@ -13,13 +13,13 @@ from collections.abc import Iterable
 
 import torch
 
-from .accounting import count_parameters, ffn_parameters_per_neuron
-from .batches import Batch
-from .config import LossConfig
-from .embedder import Embedder
-from .l0 import StructureMasks
-from .losses import task_loss
-from .modeling_prunable_encoder import EncoderGates
+from prune_engine.accounting import count_parameters, ffn_parameters_per_neuron
+from prune_engine.batches import Batch
+from prune_engine.config import LossConfig
+from prune_engine.embedder import Embedder
+from prune_engine.l0 import StructureMasks
+from prune_engine.losses import task_loss
+from prune_engine.modeling_prunable_encoder import EncoderGates
 
 
 def gradient_importance(embedder: Embedder, batches: Iterable[Batch], max_length: int = 128,

@@ -277,6 +277,10 @@ def _size_inputs() -> int:
 
 def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> None:
     """Parameters and FLOPs before and after, computed by the accounting for the chosen target."""
+    if config.latency_target:
+        st.info("A latency target: the run measures this machine's cost per layer, head and neuron as it starts "
+                "and chooses the structure from that; its size shows on the Train page.")
+        return
     vocab_size = None
     if config.vocab is not None:
         plan = _vocabulary_plan(config.model, config.trust_remote_code, config.dataset, *_document_key(config))
@@ -342,7 +346,8 @@ def _run_config(shape: models.ModelShape, overrides: str) -> RunConfig | None:
     """The edited config with the key=value lines on top, checked against the model and its documents."""
     with ui.guard("Settings"):
         config = settings.run_config(_draft(), overrides)
-        settings.size_target(config, shape)
+        if not config.latency_target:  # a latency target is sized when the run has measured this machine
+            settings.size_target(config, shape)
         if config.documents and _document_key(config) != _document_key(_draft()):  # the lines changed them
             _documents(*_document_key(config))
         return config

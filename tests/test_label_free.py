@@ -30,7 +30,7 @@ from prune_engine.prune import prune_embedder
 from prune_engine.sources import resolve_model_dir
 from tests.conftest import require_data
 from workbench.compare import evaluation_rows
-from workbench.runs import headline_retained
+from workbench.runs import retention
 
 N_PASSAGES = 200  # TREC DL passages for the model tests: 40 pseudo-queries among 200 passages
 
@@ -203,7 +203,7 @@ def test_a_model_with_layers_dropped_retains_less(minilm, trec_task, original_en
     assert block["source"] == trec_task.source and list(rows)[0] == "ndcg_at_10"
     assert rows["ndcg_at_10"]["original"] == label_free_rows(trec_task, original_encoded, original_encoded)["ndcg_at_10"]["original"]
     assert rows["ndcg_at_10"]["retained"] < 0.85 and rows["ndcg_at_10"]["pruned"] > 30
-    assert headline_retained(report) == rows["ndcg_at_10"]["retained"]
+    assert retention(report).share == rows["ndcg_at_10"]["retained"]
     assert 0.1 < rows[AGREEMENT_AT_10]["pruned"] < 0.8
     assert 0.1 < rows[AGREEMENT]["pruned"] < 0.8
     mixed = rows[MIXED_PREFIX + "ndcg_at_10"]

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
-from test_trainer import tiny_model_dir  # noqa: F401  (a fixture: a random 3-layer BERT with MiniLM's tokenizer)
 
 from prune_engine.accounting import Structure, ffn_parameters_per_neuron, size_report
 from prune_engine.config import load_config
@@ -285,6 +284,17 @@ def test_a_fixed_structure_from_the_settings_shows_its_sizes(workspace, tmp_path
     assert any("cannot read it as a final_masks.json" in e for e in errors(at))
 
 
+def test_a_latency_target_from_the_settings_replaces_the_pages_and_is_sized_by_the_run(workspace):
+    at = open_app()
+    at.text_area(key="cfg.overrides").set_value("target_speedup=1.5").run()
+    assert errors(at) == []
+    configured = at.session_state[ui.CONFIG_KEY]
+    assert configured.target_speedup == 1.5 and configured.target_params is None
+    assert any(i.value.startswith("A latency target: the run measures this machine") for i in at.info)
+    at.switch_page("pages/train.py").run()
+    assert any("1.5x faster" in m.value for m in at.markdown)
+
+
 def test_bad_input_shows_an_error_and_keeps_the_other_inputs(workspace, tmp_path):
     at = open_app()
     at.text_input(key="cfg.max_duration").set_value("7ba").run()
@@ -342,7 +352,7 @@ def test_pages_without_runs_say_what_to_do(workspace):
 
 
 @pytest.fixture(scope="module")
-def finished_runs(tiny_model_dir, documents_file, tmp_path_factory) -> Path:  # noqa: F811
+def finished_runs(tiny_model_dir, documents_file, tmp_path_factory) -> Path:
     """A workspace with two finished tiny runs on the demo pairs: one also distilled on the documents."""
     workspace = tmp_path_factory.mktemp("finished") / "runs"
     common = [f"model={tiny_model_dir}", "dataset=demo", "eval_splits=[test]", "target_params.fraction=0.5",
@@ -437,7 +447,7 @@ def test_the_export_page_shows_where_it_writes_and_why_it_refuses(finished, tmp_
     assert (foreign / "notes.txt").read_text() == "not an export"
 
 
-def test_the_edited_config_is_the_runs_config_and_its_end_shows_the_documents(workspace, tiny_model_dir,  # noqa: F811
+def test_the_edited_config_is_the_runs_config_and_its_end_shows_the_documents(workspace, tiny_model_dir,
                                                                                 documents_file):
     at = open_app()
     at.radio(key="cfg.model").set_value("Another model (hub id or local path)").run()

@@ -10,11 +10,11 @@ import numpy as np
 
 from prune_engine.atomic import write_json_atomic
 from prune_engine.data import load_eval_data
-from prune_engine.documents import HELD_OUT_SHARE, DocumentSplit, load_documents, split_documents
+from prune_engine.documents import HELD_OUT_SHARE, load_documents, split_documents
 from prune_engine.embedder import Embedder
 from prune_engine.encoding_cache import EncodingCache
 from prune_engine.evaluate import compare
-from prune_engine.label_free import label_free_report, pseudo_query_task
+from prune_engine.label_free import held_out_task, label_free_report
 from prune_engine.sources import resolve_model_dir
 
 from .runs import EVALUATION_FILE, RunRecord, WorkbenchError
@@ -38,14 +38,6 @@ def measure_speedup(original: Embedder, pruned: Embedder, texts: list[str], batc
             "pruned_s": best["pruned"], "speedup": best["original"] / max(best["pruned"], 1e-9)}
 
 
-def label_free_on(original: Embedder, pruned: Embedder, split: DocumentSplit, batch_size: int = 32,
-                  original_cache: EncodingCache | None = None) -> dict:
-    """The label-free report on held-out documents, as `eval --documents` and a run's report make it."""
-    task = pseudo_query_task([(d.title, d.text) for d in split.held_out.documents], split.training.texts(),
-                             source=split.held_out.source)
-    return label_free_report(original, pruned, task, batch_size, original_cache=original_cache)
-
-
 def evaluate_run(record: RunRecord, original: Embedder, pruned: Embedder, dataset: str | None = None,
                  documents: str | None = None, splits: tuple[str, ...] = ("test",), batch_size: int = 32) -> dict:
     """The evaluator's comparison on `dataset`, the label-free one on `documents` (their held-out
@@ -65,7 +57,7 @@ def evaluate_run(record: RunRecord, original: Embedder, pruned: Embedder, datase
     if dataset:
         result["report"] = compare(original, pruned, dataset, splits, batch_size, original_cache=cache)
     if split is not None:
-        result["documents"] = label_free_on(original, pruned, split, batch_size, cache)
+        result["documents"] = label_free_report(original, pruned, held_out_task(split), batch_size, original_cache=cache)
     result["speed"] = measure_speedup(original, pruned, texts[:SPEED_TEXTS], batch_size)
     write_json_atomic(record.path / EVALUATION_FILE, result)
     return result

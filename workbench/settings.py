@@ -126,14 +126,12 @@ def with_task_file(config: RunConfig, text: str) -> RunConfig:
 
 
 def run_config(draft: RunConfig, overrides: str = "") -> RunConfig:
-    """The page's config plus any `key=value` lines, validated exactly as a YAML file would be."""
+    """The page's config plus any `key=value` lines, validated exactly as a YAML file would be (a
+    target in the lines replaces the page's)."""
     data = draft.to_dict()
     for line in overrides.splitlines():
         if line.strip() and not line.strip().startswith("#"):
             apply_override(data, line.strip())
-    if data.get("fixed_masks"):  # a given structure replaces the page's target
-        data.pop("target_model", None)
-        data.pop("target_params", None)
     return build_dataclass(RunConfig, data)
 
 

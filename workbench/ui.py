@@ -53,6 +53,9 @@ def shape(source: str) -> tuple[models.ModelShape | None, str]:
 
 def describe_target(config: RunConfig) -> str:
     """The run's target in words, for this model (a parameter budget with its count)."""
+    if config.latency_target:  # sized by the run, once it has measured this machine
+        return (f"{config.target_speedup}x faster" if config.target_speedup else
+                f"{config.target_latency} s per batch of {config.latency_batch_size} x {config.latency_length} tokens")
     model, problem = shape(config.model)
     if model is None:
         return problem

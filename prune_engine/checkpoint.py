@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import shutil
 from dataclasses import dataclass
@@ -99,6 +100,20 @@ def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__int_keys__" in value:
         return {int(k): _unflatten(v, tensors) for k, v in value["__int_keys__"].items()}
     return {k: _unflatten(v, tensors) for k, v in value.items()}
+
+
+def rng_state() -> dict:
+    """Every random generator a run draws from, so a resumed run draws what an uninterrupted one would."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
 
 
 # --------------------------------------------------------------------------- folders

@@ -10,6 +10,7 @@ on the user's data was not protected.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .prune import kept_indices
 from .run_dir import RunDirectory
 from .serving import OnnxEmbedder, export_onnx, quality_gate
 from .sources import resolve_model_dir
-from .targets import LatencyTarget, SizeTarget
+from .targets import LatencyTarget
 
 NO_DOCUMENTS_WARNING = (
     "No documents were given, so retrieval on your own data is not protected and not measured: the model "
@@ -113,15 +114,22 @@ def serving_variants(export_dir: Path, evaluation: Evaluation, threshold: float)
     return {**serving, "evaluations": scored}
 
 
-def run_report(evaluation: Evaluation, student: Embedder, target: SizeTarget, timings: dict[str, float]) -> dict:
-    """report.json: the run's evaluation of the pruned model, and for a latency target the export's
-    latency measured against the prediction."""
+def run_report(config: RunConfig, inputs, student: Embedder, export_dir: Path, timings: dict[str, float]) -> dict:
+    """report.json: the run's evaluation of the pruned model; for a latency target, the export's
+    latency measured against the prediction; with serving.onnx, the ONNX variants and the gate."""
+    started = time.perf_counter()
+    evaluation = Evaluation.for_run(config, inputs.teacher, inputs.documents)
     report = {**evaluation(student), "warnings": [], "timings_s": timings}
-    teacher = evaluation.original
+    timings["evaluation"] = time.perf_counter() - started
+    teacher, target = inputs.teacher, inputs.target
     if isinstance(target, LatencyTarget):
         vocab = min(teacher.config.vocab_size, student.config.vocab_size)
         report["latency"] = {"target_s": target.seconds, "target_speedup": target.speedup, **measured_against_prediction(
             target.model, teacher.encoder, student.encoder, vocab, student.config.pad_token_id)}
+    if config.serving.onnx:
+        started = time.perf_counter()
+        report["serving"] = serving_variants(export_dir, evaluation, config.serving.int8_threshold)
+        timings["serving"] = time.perf_counter() - started
     if evaluation.task is None:
         report["warnings"].append(NO_DOCUMENTS_WARNING)
     return report

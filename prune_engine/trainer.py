@@ -14,21 +14,20 @@ workbench's live charts are both just callbacks) and writes everything to its ru
 from __future__ import annotations
 
 import copy
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .accounting import count_parameters
 from .batches import BatchSchedule, make_batch
-from .checkpoint import Checkpoint, CheckpointError, latest_usable, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, latest_usable, restore_rng, rng_state, save_checkpoint
 from .config import RunConfig
 from .embedder import Embedder
-from .finish import Evaluation, export_run, report_text, run_report, serving_variants
+from .finish import export_run, report_text, run_report
 from .l0 import L0Masks, StructureMasks
 from .lagrangian import Lagrangian
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
@@ -74,6 +73,49 @@ class RunResult:
     export_dir: Path | None
     student: Embedder | None
     cancelled: bool = False
+
+
+def size_metrics(inputs, student: Embedder, masks: L0Masks | None, lagrangian: Lagrangian | None,
+                 ramp: float) -> dict[str, float]:
+    """Where the size stands: the expected sizes and structure under the gates (the student's own
+    size once masks are fixed), the ramped target, the gaps and the multipliers."""
+    target = inputs.target
+    if masks is None:
+        counts = count_parameters(student.config, None, inputs.output_heads)
+        return {"expected_encoder_params": counts.encoder, "expected_total_params": counts.total,
+                "decided_fraction": 1.0, "target_params": target.encoder_parameters(inputs.source_config)}
+    with torch.no_grad():
+        expected = masks.expected_parameters(inputs.output_heads)
+        structure = masks.expected_structure()
+        gaps = target.gaps(masks, ramp)
+    metrics = {
+        "expected_encoder_params": float(expected["encoder"]), "expected_total_params": float(expected["total"]),
+        "expected_layers": float(structure["layers"]), "expected_heads_per_layer": float(structure["heads"].mean()),
+        "expected_ffn_per_layer": float(structure["ffn"].mean()), "target_ramp": ramp,
+        "decided_fraction": masks.decided_fraction(), "target_params": target.encoder_parameters(inputs.source_config, ramp),
+    }
+    metrics.update({f"gap/{name}": gap for name, gap in zip(target.constraint_names(), gaps.tolist(), strict=True)})
+    metrics.update(lagrangian.multipliers())
+    return metrics
+
+
+def stop_if_not_finite(total: torch.Tensor, step: int, checkpoints: Path) -> None:
+    """The NaN guard: names the last checkpoint worth going back to (finite, not diverged weights)."""
+    if torch.isfinite(total):
+        return
+    good, _ = latest_usable(checkpoints, require_healthy=True)
+    kept = f"its last good checkpoint is step {good.step} (resume to continue from it)" if good else \
+        "no checkpoint with finite weights was saved before it"
+    raise TrainingError(f"the loss became {float(total.detach())} at step {step}; the run stopped, and "
+                        f"{kept}. Lower optimizer.lr or optimizer.gate_lr, or use precision fp32")
+
+
+def plan_steps(config: RunConfig, steps_per_epoch: int, learns_masks: bool) -> tuple[int, int, int]:
+    """(total steps, steps learning masks, steps over which the target ramps from the full size)."""
+    count, unit = config.duration()
+    total = count if unit == "ba" else count * steps_per_epoch
+    mask_steps = max(1, round(total * config.mask_fraction)) if learns_masks else 0
+    return total, mask_steps, max(1, round(mask_steps * config.target_warmup_fraction))
 
 
 class PruningRun:
@@ -123,12 +165,9 @@ class PruningRun:
 
     # ----------------------------------------------------------------- the run
     def run(self, resume: bool = False) -> RunResult:
-        """Trains (or resumes) in the run directory, which no other process may be training in.
-
-        A refused directory or bad input (configuration, data, documents, model, target: all checked
-        before training) raises and leaves the directory as it was, removing it again if this call
-        created it; status.json records only runs that started, "failed" with the reason when one stops.
-        """
+        """Trains (or resumes) in the run directory, which no other process may be training in. Bad
+        input (all checked before training) raises and leaves the directory as it was (removed again
+        if this call created it); status.json records only runs that started."""
         created = _missing_folders(self.run_dir.absolute())
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +195,8 @@ class PruningRun:
                 len(self.inputs.data), self.inputs.training_documents, self.config.batch_size,
                 self.config.documents_per_batch, self.config.seed, self.config.max_train_examples,
                 self.accelerator.num_processes, self.accelerator.process_index)
-            self._plan_steps()
+            self.total_steps, self.mask_steps, self.ramp_steps = plan_steps(
+                self.config, self.schedule.steps_per_epoch, self.inputs.target.learns_masks)
             self.teacher = Teacher(self.inputs.teacher, self.inputs.length, self.config.teacher_cache_mb)
             if checkpoint is not None:
                 self._restore(checkpoint)
@@ -195,13 +235,6 @@ class PruningRun:
         except OSError:
             pass  # the disk that failed the run may not take the status either; the error still says why
         self._emit("error", message=message)
-
-    def _plan_steps(self) -> None:
-        count, unit = self.config.duration()
-        self.total_steps = count if unit == "ba" else count * self.schedule.steps_per_epoch
-        target = self.inputs.target
-        self.mask_steps = max(1, round(self.total_steps * self.config.mask_fraction)) if target.learns_masks else 0
-        self.ramp_steps = max(1, round(self.mask_steps * self.config.target_warmup_fraction))
 
     def _start(self) -> None:
         self.directory.restart_logs(from_step=0)
@@ -249,8 +282,7 @@ class PruningRun:
                 "final_masks": self.final_masks.as_dict() if self.final_masks is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "lagrangian_optimizer": self.lagrangian_optimizer.state_dict() if self.lagrangian_optimizer else None,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "rng": rng_state(),
             }
             path = save_checkpoint(self.directory.checkpoints, Checkpoint(self.step, self.phase, state, self.last_loss),
                                    self.config.keep_checkpoints)
@@ -275,12 +307,7 @@ class PruningRun:
         else:
             self._build_objective(student, None, None)
         self.optimizer.load_state_dict(state["optimizer"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        restore_rng(state["rng"])
 
     # ----------------------------------------------------------------- training
     def _train_step(self) -> dict[str, float]:
@@ -296,7 +323,7 @@ class PruningRun:
                 teacher_outs = [self.teacher.outputs(texts, features, self.accelerator.autocast)
                                 for texts, features in zip(batch.padding_groups, groups, strict=True)]
                 losses = self.objective(groups, batch, teacher_outs, ramp)
-                self._check_finite(losses["total"])
+                stop_if_not_finite(losses["total"], self.step, self.directory.checkpoints)
                 self.accelerator.backward(losses["total"])
                 if self.accelerator.sync_gradients and self.config.optimizer.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_([p for p in self.student.parameters() if p.requires_grad],
@@ -313,38 +340,9 @@ class PruningRun:
         sums["examples"] = float(len(indices) * self.accelerator.num_processes)
         return sums
 
-    def _check_finite(self, total: torch.Tensor) -> None:
-        if torch.isfinite(total):
-            return
-        good, _ = latest_usable(self.directory.checkpoints, require_healthy=True)
-        kept = f"its last good checkpoint is step {good.step} (resume to continue from it)" if good else \
-            "no checkpoint with finite weights was saved before it"
-        raise TrainingError(f"the loss became {float(total.detach())} at step {self.step}; the run stopped, and "
-                            f"{kept}. Lower optimizer.lr or optimizer.gate_lr, or use precision fp32")
-
     def _size_metrics(self) -> dict[str, float]:
-        target = self.inputs.target
-        if self.masks is None:
-            from .accounting import count_parameters
-
-            counts = count_parameters(self.student.config, None, self.inputs.output_heads)
-            return {"expected_encoder_params": counts.encoder, "expected_total_params": counts.total,
-                    "decided_fraction": 1.0, "target_params": target.encoder_parameters(self.inputs.source_config)}
-        ramp = min(1.0, self.step / self.ramp_steps)
-        with torch.no_grad():
-            expected = self.masks.expected_parameters(self.inputs.output_heads)
-            structure = self.masks.expected_structure()
-            gaps = target.gaps(self.masks, ramp)
-        metrics = {
-            "expected_encoder_params": float(expected["encoder"]), "expected_total_params": float(expected["total"]),
-            "expected_layers": float(structure["layers"]), "expected_heads_per_layer": float(structure["heads"].mean()),
-            "expected_ffn_per_layer": float(structure["ffn"].mean()), "target_ramp": ramp,
-            "decided_fraction": self.masks.decided_fraction(),
-            "target_params": target.encoder_parameters(self.inputs.source_config, ramp),
-        }
-        metrics.update({f"gap/{name}": gap for name, gap in zip(target.constraint_names(), gaps.tolist(), strict=True)})
-        metrics.update(self.lagrangian.multipliers())
-        return metrics
+        ramp = min(1.0, self.step / self.ramp_steps) if self.masks is not None else 1.0
+        return size_metrics(self.inputs, self.student, self.masks, self.lagrangian, ramp)
 
     def _loop(self) -> RunResult:
         from tqdm.auto import tqdm
@@ -414,14 +412,7 @@ class PruningRun:
                 student, self.config, self.directory, self.inputs.source_config, self.final_masks,
                 self.inputs.target.describe(), self.step, self.inputs.vocabulary_texts)
             self.timings["export"] = time.perf_counter() - started
-            started = time.perf_counter()
-            evaluation = Evaluation.for_run(self.config, self.inputs.teacher, self.inputs.documents)
-            report = run_report(evaluation, student, self.inputs.target, self.timings)
-            report["timings_s"]["evaluation"] = time.perf_counter() - started
-            if self.config.serving.onnx:
-                started = time.perf_counter()
-                report["serving"] = serving_variants(export_dir, evaluation, self.config.serving.int8_threshold)
-                report["timings_s"]["serving"] = time.perf_counter() - started
+            report = run_report(self.config, self.inputs, student, export_dir, self.timings)
             self.directory.write_report(report, report_text(report))
         self._status("done")
         self._emit("done", gates=self._gates(), message=str(export_dir))

@@ -335,16 +335,16 @@ def test_demo_config_end_to_end_on_the_real_minilm(tmp_path):
 
 
 def test_a_speedup_target_calibrates_this_machine_and_reports_the_measured_speedup(tiny_model_dir, tmp_path):
-    config = tiny_config(tiny_model_dir, tmp_path / "run", "target_params=null", "target_speedup=1.6",
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "target_params=null", "target_speedup=1.4",
                          "structures=[layers, heads, ffn]",
-                         "latency_batch_size=4", "latency_length=16", "eval_splits=[]")
+                         "latency_batch_size=8", "latency_length=32", "eval_splits=[]")
     result = PruningRun(config).run()
     model = json.loads((result.run_dir / "latency_model.json").read_text())
-    assert model["conditions"]["batch_size"] == 4 and model["per_neuron"] >= 0
+    assert model["conditions"]["batch_size"] == 8 and model["per_neuron"] >= 0
     latency = json.loads((result.run_dir / "report.json").read_text())["latency"]
     # The structure is cut to at least the predicted target (a tiny model's time is mostly per layer,
     # so the steps are coarse); what the export measures is beside it.
-    assert latency["predicted_speedup"] >= 1.6 * (1 - 1e-9) and latency["predicted_s"] <= latency["target_s"] * (1 + 1e-9)
+    assert latency["predicted_speedup"] >= 1.4 * (1 - 1e-9) and latency["predicted_s"] <= latency["target_s"] * (1 + 1e-9)
     assert latency["measured_speedup"] > 1.0 and latency["measured_s"] > 0
     assert "measured" in (result.run_dir / "report.txt").read_text()
 

@@ -253,11 +253,15 @@ def trim_embedder(embedder: Embedder, plan: VocabularyPlan) -> Embedder:
             setattr(trimmed_config, key, plan.new_id(getattr(config, key)))
     if config.position_ids_from_padding and trimmed_config.pad_token_id != config.pad_token_id:
         raise ValueError("trimming would move the padding id, from which this model counts its positions")
-    state = embedder.encoder.state_dict()
-    state["embeddings.word_embeddings.weight"] = state["embeddings.word_embeddings.weight"][torch.as_tensor(plan.kept_ids)]
-    encoder = PrunableEncoderModel(trimmed_config)
-    encoder.load_state_dict(state)
-    encoder.to(device=embedder.device, dtype=embedder.encoder.dtype).train(embedder.encoder.training)
+    # Copies of the weights (the kept rows only of the word embeddings), handed to an encoder built
+    # on the meta device: initialising weights that are overwritten at once cost seconds at BGE-M3's size.
+    word_embeddings = "embeddings.word_embeddings.weight"
+    kept = torch.as_tensor(plan.kept_ids, device=embedder.device)
+    state = {k: v[kept] if k == word_embeddings else v.clone() for k, v in embedder.encoder.state_dict().items()}
+    with torch.device("meta"):
+        encoder = PrunableEncoderModel(trimmed_config)
+    encoder.load_state_dict(state, assign=True)
+    encoder.train(embedder.encoder.training)
     return embedder.with_parts(encoder, trim_tokenizer(embedder.tokenizer, plan))
 
 

@@ -38,11 +38,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from baselines import evenly_spaced  # noqa: E402
+
 from prune_engine import serving  # noqa: E402
-from prune_engine.data import load_eval_data, load_scored_pairs  # noqa: E402
+from prune_engine.data import load_eval_data  # noqa: E402
 from prune_engine.evaluate import evaluate  # noqa: E402
 from prune_engine.export import export_embedder, pruning_info  # noqa: E402
-from prune_engine.importance import evenly_spaced  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
 from prune_engine.prune import kept_indices, prune_embedder  # noqa: E402
 from prune_engine.sources import bundled_minilm_dir, load_embedder  # noqa: E402
@@ -130,7 +131,7 @@ def file_megabytes(*paths: Path) -> float:
 
 
 def quality(models: dict, scifact: bool) -> dict[str, dict[str, float]]:
-    sts = load_scored_pairs("sts", "test")
+    sts = load_eval_data("sts", "test")
     figures = {name: {"sts_spearman": evaluate(model, sts)["spearman"]} for name, model in models.items()}
     if scifact:
         task = load_eval_data("mteb/scifact", "test")
@@ -182,7 +183,7 @@ def variants(original, export_dir: Path) -> tuple[dict, dict[str, float | None]]
 
 
 def serving_rows(models: dict, sizes: dict, scifact: bool) -> list[dict]:
-    texts = timing_texts(load_scored_pairs("sts", "test").sentences1, models["original PyTorch fp32"].tokenizer)
+    texts = timing_texts(load_eval_data("sts", "test").sentences1, models["original PyTorch fp32"].tokenizer)
     speed = {batch: throughput(models, texts, batch) for batch in ROUNDS}
     figures = quality(models, scifact)
     reference = figures["pruned PyTorch fp32"]
@@ -260,7 +261,7 @@ def study(export_dir: Path, work: Path) -> list[dict]:
         paths[name] = candidate / serving.ONNX_SUBDIR / serving.VARIANT_FILES["int8"]
         serving.quantize_onnx(fp32_path, paths[name], settings)
         models[name] = serving.OnnxEmbedder(candidate, "int8")
-    sts = load_scored_pairs("sts", "test")
+    sts = load_eval_data("sts", "test")
     speed = throughput(models, timing_texts(sts.sentences1, models["fp32"].tokenizer), 32)
     sentences = sorted({*sts.sentences1, *sts.sentences2})
     reference = models["fp32"].encode(sentences)

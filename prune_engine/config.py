@@ -130,7 +130,7 @@ class LossConfig:
 @dataclass
 class VocabConfig:
     """Vocabulary trimming (`vocab.py`): tokens counted on `corpus` (a file or data set name; the
-    run's training and distill_dataset texts when unset) plus the STS-B train and dev sentences of
+    run's task data and training documents when unset) plus the STS-B train and dev sentences of
     each of `languages`."""
 
     corpus: str | None = None

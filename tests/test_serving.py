@@ -12,7 +12,7 @@ import torch
 from conftest import random_uneven_masks
 
 from prune_engine import serving
-from prune_engine.data import ScoredPairs, load_scored_pairs
+from prune_engine.data import ScoredPairs, load_eval_data
 from prune_engine.evaluate import evaluate
 from prune_engine.export import export_embedder, needs_remote_code, pruning_info
 from prune_engine.l0 import StructureMasks
@@ -41,7 +41,7 @@ def write_export(embedder, masks: StructureMasks, destination, quantize: bool = 
 @pytest.fixture(scope="module")
 def sts_sentences(shared_data_dir) -> list[str]:
     """48 real STS-B dev sentences of mixed length: every batch of them is padded."""
-    return load_scored_pairs("sts", "dev").sentences1[:48]
+    return load_eval_data("sts", "dev").sentences1[:48]
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_always_mask_computes_what_the_unmasked_shortcut_computes(minilm, real_s
 
 def test_evaluate_scores_the_onnx_embedder_like_the_pytorch_one(minilm_exports):
     directory, _ = minilm_exports["stock"]
-    dev = load_scored_pairs("sts", "dev")
+    dev = load_eval_data("sts", "dev")
     pairs = ScoredPairs(dev.sentences1[:200], dev.sentences2[:200], dev.scores[:200], "sts dev, first 200")
     onnx_figures = evaluate(OnnxEmbedder(directory), pairs)
     pytorch_figures = evaluate(load_embedder(str(directory)), pairs)

@@ -35,6 +35,13 @@ AUTO_LENGTH_CAP = 512
 LENGTH_SAMPLE = 2000
 
 
+NO_DOCUMENTS_WARNING = (
+    "No documents were given, so retrieval on your own data is not protected and not measured: the model "
+    "was distilled on its training data alone. Give the texts the model will serve (no labels needed) with "
+    "--documents PATH, `documents:` in the config, or the workbench's 'Your documents' field."
+)
+
+
 class DocumentsError(DataError):
     """Documents that cannot be used; the message names the file and what to do."""
 

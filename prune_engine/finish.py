@@ -17,7 +17,7 @@ from pathlib import Path
 from .atomic import write_json_atomic
 from .config import RunConfig
 from .data import DataError, RetrievalTask
-from .documents import DocumentSplit
+from .documents import NO_DOCUMENTS_WARNING, DocumentSplit
 from .embedder import Embedder
 from .encoding_cache import EncodingCache
 from .evaluate import compare, format_report
@@ -30,12 +30,6 @@ from .run_dir import RunDirectory
 from .serving import OnnxEmbedder, export_onnx, quality_gate
 from .sources import resolve_model_dir
 from .targets import LatencyTarget
-
-NO_DOCUMENTS_WARNING = (
-    "No documents were given, so retrieval on your own data is not protected and not measured: the model "
-    "was distilled on its training data alone. Give the texts the model will serve (no labels needed) with "
-    "--documents PATH, `documents:` in the config, or the workbench's 'Your documents' field."
-)
 
 
 def export_run(student: Embedder, config: RunConfig, run_dir: RunDirectory, source_config, final_masks: StructureMasks,

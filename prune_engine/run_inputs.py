@@ -18,7 +18,7 @@ import torch
 from .checkpoint import Checkpoint, latest_usable
 from .config import RunConfig
 from .data import DataError, TextCorpus, TrainingData, load_texts, load_training_data, resolve_dataset
-from .documents import DocumentSplit, choose_length, load_documents, split_documents
+from .documents import NO_DOCUMENTS_WARNING, DocumentSplit, choose_length, load_documents, split_documents
 from .embedder import Embedder
 from .latency import LatencyModel, calibrate
 from .run_dir import RunDirectory, TrainingError
@@ -36,6 +36,7 @@ LATENCY_MODEL_FILE = "latency_model.json"
 class RunInputs:
     data: TrainingData  # the task data (the training documents themselves when there is none)
     documents: DocumentSplit | None
+    training_documents: list[str]  # drawn into every batch for distillation (none when they are the data)
     teacher: Embedder
     target: SizeTarget
     length: int  # tokens per text in training
@@ -48,13 +49,6 @@ class RunInputs:
     @property
     def output_heads(self) -> int:
         return self.teacher.output_head_parameters()
-
-    @property
-    def training_documents(self) -> list[str]:
-        """Documents drawn into every batch for distillation (none when they are the data itself)."""
-        if self.documents is None or isinstance(self.data, TextCorpus) and self.data.source == self.documents.training.source:
-            return []
-        return self.documents.training.texts()
 
     @property
     def vocabulary_texts(self) -> list[str]:
@@ -124,18 +118,20 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _read_data(config: RunConfig) -> tuple[TrainingData, DocumentSplit | None]:
+def _read_data(config: RunConfig) -> tuple[TrainingData, DocumentSplit | None, list[str]]:
+    """The task data, the documents' split, and the documents drawn beside the task data."""
     documents = None
     if config.documents is not None:
         documents = split_documents(load_documents(config.documents), config.documents_held_out)
-    if config.dataset is None:
-        data = TextCorpus(documents.training.texts(), documents.training.source)
+    training_documents = documents.training.texts() if documents is not None else []
+    if config.dataset is None:  # the documents are the data
+        data, training_documents = TextCorpus(training_documents, documents.training.source), []
     else:
         data = load_training_data(config.dataset, "train")
     if len(data) < 2:
         raise TrainingError(f"{config.dataset}: {len(data)} training example(s); a run needs at least 2")
     _check_data_read_after_training(config)
-    return data, documents
+    return data, documents, training_documents
 
 
 def _check_data_read_after_training(config: RunConfig) -> None:
@@ -176,7 +172,7 @@ def latency_model(config: RunConfig, teacher: Embedder, directory: RunDirectory)
 
 def load_inputs(config: RunConfig, directory: RunDirectory) -> RunInputs:
     _seed_everything(config.seed)
-    data, documents = _read_data(config)
+    data, documents, training_documents = _read_data(config)
     teacher = load_embedder(config.model, trust_remote_code=config.trust_remote_code)
     teacher.requires_grad_(False).eval()
     target = config.size_target(teacher.config, teacher.output_head_parameters(),
@@ -184,8 +180,6 @@ def load_inputs(config: RunConfig, directory: RunDirectory) -> RunInputs:
     target.validate(teacher.config, tuple(config.structures))
     warnings: list[str] = []
     if documents is None:
-        from .finish import NO_DOCUMENTS_WARNING
-
         warnings.append(NO_DOCUMENTS_WARNING)
     length = _length(config, teacher, documents, warnings)
-    return RunInputs(data, documents, teacher, target, length, warnings)
+    return RunInputs(data, documents, training_documents, teacher, target, length, warnings)

@@ -26,9 +26,8 @@ from streamlit.testing.v1 import AppTest
 from prune_engine.accounting import Structure, ffn_parameters_per_neuron, size_report
 from prune_engine.config import load_config
 from prune_engine.data import DataError
-from prune_engine.documents import choose_length, load_documents, split_documents
+from prune_engine.documents import NO_DOCUMENTS_WARNING, choose_length, load_documents, split_documents
 from prune_engine.encoding_cache import CACHE_ENV
-from prune_engine.finish import NO_DOCUMENTS_WARNING
 from prune_engine.presets import ORIGINAL_PRESETS, bge_m3_config
 from prune_engine.sources import bundled_minilm_dir, load_embedder
 from prune_engine.trainer import PruningRun

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import remove_stale_partials, staging_folder
 from .data import DEMO_DATA_DIR
 from .embedder import Embedder, pool
 from .sources import load_embedder, read_encoder_config, read_sentence_transformers_settings
@@ -216,7 +216,8 @@ def export_onnx(export_dir: str | Path, quantize: bool = True, overwrite: bool =
     if existing and not overwrite:
         raise ServingError(f"{onnx_dir} already holds {', '.join(existing)}: pass overwrite=True to replace them")
     embedder = load_embedder(str(directory)).eval()
-    staging = directory / f".{ONNX_SUBDIR}.partial-{uuid.uuid4().hex[:8]}"
+    remove_stale_partials(directory, ONNX_SUBDIR)
+    staging = staging_folder(onnx_dir)
     staging.mkdir()
     try:
         fp32_path = staging / VARIANT_FILES["fp32"]

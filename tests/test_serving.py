@@ -117,7 +117,8 @@ def test_int8_loads_encodes_and_stays_close_to_fp32(minilm_exports, sts_sentence
 
 
 def test_tiny_xlmr_onnx_equals_pytorch_export(xlmr_export, multilingual_sentences):
-    assert json.loads((xlmr_export / "config.json").read_text())["model_type"] == "prunable_encoder"
+    config = json.loads((xlmr_export / "config.json").read_text())
+    assert "AutoModel" in config["auto_map"]  # an uneven structure: the export ships its modeling file
     pytorch = load_embedder(str(xlmr_export))
     assert pytorch.has_multi_output  # the BGE-M3 heads stay PyTorch-only ...
     served = OnnxEmbedder(xlmr_export)

@@ -41,11 +41,13 @@ STRUCTURE_OF_TARGET = {"n_layers": "layers", "n_heads": "heads", "intermediate_s
 
 def default_config(model: str) -> RunConfig:
     """The Configure page's starting values: the demo config for the bundled MiniLM, the engine's
-    defaults (half the encoder) otherwise; bf16 autocast where the GPU has it."""
+    defaults (half the encoder) otherwise; bf16 autocast where the GPU has it. The documents start
+    empty: the page's first question is which texts the user serves (the demo's own sentences
+    stand in for them only in the CLI demo)."""
     import torch
 
     if model == MINILM_ALIAS and DEMO_CONFIG.is_file():
-        config = load_config(DEMO_CONFIG)
+        config = dataclasses.replace(load_config(DEMO_CONFIG), documents=None)
     else:
         config = RunConfig(model=model, target_params=TargetParams(fraction=0.5))
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -71,7 +73,10 @@ def replaced(config, path: str, value):
 
 def with_architecture(config: RunConfig, name: str, value: int, shape: ModelShape) -> RunConfig:
     """One dimension of a uniform target; cutting it below the model's adds the structure that
-    must be pruned for it (fewer layers than the model has: layers are pruned)."""
+    must be pruned for it (fewer layers than the model has: layers are pruned). A slider's change
+    that arrives after the target became a budget (the browser sends it late) changes nothing."""
+    if config.target_model is None:
+        return config
     full = {"n_layers": shape.config.num_hidden_layers, "n_heads": max(shape.config.heads_per_layer),
             "intermediate_size": max(shape.config.intermediate_sizes)}
     structures = list(config.structures)

@@ -72,8 +72,9 @@ LATENCY_FIELDS = (
 ALIGNMENT_FIELDS = (
     ("Align heads per layer to a multiple of", "align_heads", "number_input", {"min_value": 1, "max_value": 64}),
     ("Align FFN widths to a multiple of", "align_ffn", "number_input",
-     {"min_value": 1, "max_value": 4096, "value": None, "placeholder": "engine default: 64 on a GPU, 1 on a CPU",
-      "help": "kept FFN neurons per layer rounded to this multiple: matrix sizes GPUs run fastest"}),
+     {"min_value": 1, "max_value": 4096, "value": None, "placeholder": "default",
+      "help": "kept FFN neurons per layer rounded to this multiple (matrix sizes GPUs run fastest); empty: the "
+      "engine's default, 64 on a GPU and 1 on a CPU"}),
 )
 SERVING_FIELDS = (
     ("Also write ONNX fp32 + int8", "serving.onnx", "toggle",

@@ -23,7 +23,7 @@ from prune_engine.documents import load_documents, split_documents
 from prune_engine.l0 import STRUCTURES
 from prune_engine.presets import bge_m3_config
 from prune_engine.sources import BGE_M3_HUB_ID, MINILM_ALIAS, ModelSourceError
-from workbench import models, settings, ui
+from workbench import models, runs, settings, ui
 
 MODELS = {
     "BGE-M3 (hub or local cache)": BGE_M3_HUB_ID,
@@ -38,7 +38,8 @@ DATA = {  # label -> settings.DATA_KINDS
     "MTEB retrieval task": "mteb",
     "Local file or BEIR folder": "path",
 }
-TARGETS = {"Architecture": "architecture", "Parameter budget": "budget"}
+TARGETS = {"Architecture": "architecture", "Parameter budget": "budget", "Speedup on this machine": "speedup",
+           "Latency": "latency"}  # label -> settings.TARGET_KINDS
 FLOP_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # (label, config field, widget, options): the training settings, four a row.
 TRAINING_FIELDS = (
@@ -63,8 +64,28 @@ TRAINING_FIELDS = (
     ("Log every (steps)", "log_every", "number_input", {"min_value": 1, "max_value": 10_000}),
     ("Checkpoint every (steps)", "checkpoint_every", "number_input", {"min_value": 1, "max_value": 1_000_000}),
 )
+# A latency target's measuring conditions, and how kept heads and FFN neurons are rounded.
+LATENCY_FIELDS = (
+    ("Batch size it is timed at", "latency_batch_size", "number_input", {"min_value": 1, "max_value": 4096}),
+    ("Tokens per text it is timed at", "latency_length", "number_input", {"min_value": 1, "max_value": 8192}),
+)
+ALIGNMENT_FIELDS = (
+    ("Align heads per layer to a multiple of", "align_heads", "number_input", {"min_value": 1, "max_value": 64}),
+    ("Align FFN widths to a multiple of", "align_ffn", "number_input",
+     {"min_value": 1, "max_value": 4096, "value": None, "placeholder": "default",
+      "help": "kept FFN neurons per layer rounded to this multiple (matrix sizes GPUs run fastest); empty: the "
+      "engine's default, 64 on a GPU and 1 on a CPU"}),
+)
+SERVING_FIELDS = (
+    ("Also write ONNX fp32 + int8", "serving.onnx", "toggle",
+     {"help": "onnx/model.onnx and onnx/model_qint8.onnx beside the export, both scored like the pruned model; "
+      "a quality gate says whether int8 may serve"}),
+    ("int8 must keep this share of every fp32 figure", "serving.int8_threshold", "number_input",
+     {"min_value": 0.01, "max_value": 1.0, "step": 0.005, "format": "%.3f"}),
+)
 K = ui.SETTINGS_PREFIX
 PROBLEM_PREFIX = K + "problem."
+CALIBRATED_KEY = "workbench.calibrated"  # the (model, batch size, length) the user asked to time here
 
 
 # --------------------------------------------------------------------------- cached engine calls
@@ -104,6 +125,28 @@ def _vocabulary_plan(model: str, trust_remote_code: bool, dataset: str | None, s
                      modified: tuple[float, ...], share: float):
     split = _documents(sources, modified, share) if sources else None
     return settings.vocabulary_plan(_tokenizer(model, trust_remote_code), settings.vocabulary_texts(dataset, split))
+
+
+@st.cache_resource(show_spinner="Timing the model on this machine...", max_entries=8)
+def _latency_model(model: str, batch_size: int, length: int):
+    shape, problem = ui.shape(model)
+    if shape is None:
+        raise ModelSourceError(problem)
+    return settings.calibrate_latency(shape, batch_size, length)
+
+
+def _latency_key(config: RunConfig) -> tuple[str, int, int]:
+    return config.model, config.latency_batch_size, config.latency_length
+
+
+def _calibrated(config: RunConfig):
+    """This machine's latency model at the config's conditions, once the user asked to time it."""
+    key = _latency_key(config)
+    return _latency_model(*key) if key in st.session_state.get(CALIBRATED_KEY, set()) else None
+
+
+def _ask_calibration(key: tuple[str, int, int]) -> None:
+    st.session_state[CALIBRATED_KEY] = st.session_state.get(CALIBRATED_KEY, set()) | {key}
 
 
 def _document_key(config: RunConfig) -> tuple[tuple[str, ...], tuple[float, ...], float]:
@@ -244,10 +287,12 @@ def _check_task_data(dataset: str | None) -> bool:
 def _target_inputs(shape: models.ModelShape) -> None:
     model = shape.config
     kinds = {kind: label for label, kind in TARGETS.items()}
-    _edit(st.radio, "Target", "target_kind", lambda config: kinds["budget" if config.target_params else "architecture"],
-          lambda config, label: settings.with_target_kind(config, TARGETS[label], shape), options=list(TARGETS),
-          horizontal=True)
-    if _draft().target_model is not None:
+    _edit(st.radio, "Target", "target_kind", lambda config: kinds[settings.target_kind(config)],
+          lambda config, label: settings.with_target_kind(config, TARGETS[label], shape, _calibrated(config)),
+          options=list(TARGETS), horizontal=True)
+    if _draft().latency_target:
+        _latency_inputs()
+    elif _draft().target_model is not None:
         for name, label, low, high, step in (
             ("n_layers", "Layers", 1, model.num_hidden_layers, 1),
             ("n_heads", "Heads per layer", 1, max(model.heads_per_layer), 1),
@@ -263,6 +308,20 @@ def _target_inputs(shape: models.ModelShape) -> None:
               horizontal=True, help="encoder: the transformer layers only; total: with the embeddings and output heads")
     _edit(st.multiselect, "Structures to prune", "structures", *_field("structures"), options=list(STRUCTURES),
           help="layers: whole layers; heads: attention heads; ffn: feed-forward neurons")
+    _grid(ALIGNMENT_FIELDS, 2)
+
+
+def _latency_inputs() -> None:
+    """A speedup or seconds per batch, and the batch it is timed at, on this machine."""
+    if _draft().target_speedup is not None:
+        _edit(st.number_input, "Times faster than the original", "target_speedup", *_field("target_speedup"),
+              min_value=1.01, max_value=1000.0, step=0.1, format="%.2f")
+    else:
+        _edit(st.number_input, "Seconds per batch", "target_latency", *_field("target_latency"),
+              min_value=1e-5, max_value=1000.0, step=0.001, format="%.4f")
+    _grid(LATENCY_FIELDS, 2)
+    st.caption("Timed on this machine's " + ("GPU" if runs.device_name() != "CPU" else "CPU") + ": the run calibrates "
+               "a cost per layer, head and FFN neuron as it starts and prunes to the time predicted from it.")
 
 
 def _size_inputs() -> int:
@@ -275,11 +334,40 @@ def _size_inputs() -> int:
     return length
 
 
-def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> None:
-    """Parameters and FLOPs before and after, computed by the accounting for the chosen target."""
-    if config.latency_target:
+def _latency_prediction_model(config: RunConfig):
+    """This machine's latency model for a latency target's prediction; until the user asks to time
+    the model here (seconds for MiniLM, minutes for BGE-M3 on a CPU), what the run will do instead."""
+    latency_model = _calibrated(config)
+    if latency_model is None:
         st.info("A latency target: the run measures this machine's cost per layer, head and neuron as it starts "
-                "and chooses the structure from that; its size shows on the Train page.")
+                "and chooses the structure from that; its size shows on the Train page. Time the model here to "
+                "see the predicted structure, latency and speedup now.")
+        st.button("Time the model on this machine", key=K + "calibrate", on_click=_ask_calibration,
+                  args=(_latency_key(config),), icon=":material/timer:")
+    return latency_model
+
+
+def _latency_metrics(latency_model, structure) -> None:
+    c = latency_model.conditions
+    predicted, full = latency_model.predict(structure), latency_model.full_latency
+    columns = st.columns(3)
+    columns[0].metric("Predicted latency", f"{predicted * 1000:.1f} ms", f"{predicted / full - 1:+.1%}",
+                      delta_color="inverse", help=f"encoder forward per batch of {c.batch_size} x {c.sequence_length} "
+                      f"tokens on this {c.device} ({c.clock} clock)")
+    columns[1].metric("Predicted latency speedup", f"{full / predicted:.2f}x",
+                      help=f"the unpruned model's {full * 1000:.1f} ms over the prediction")
+    columns[2].metric("Unpruned latency", f"{full * 1000:.1f} ms")
+    if latency_model.fit is not None:
+        st.caption(f"A quick calibration here ({latency_model.fit.rounds} rounds, {latency_model.fit.wall_seconds:.0f} s; "
+                   f"{latency_model.fit.mean_relative_error:.0%} mean error on held-out structures). The run "
+                   "calibrates again, longer, as it starts.")
+
+
+def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> None:
+    """Parameters and FLOPs before and after, computed by the accounting for the chosen target; for
+    a latency target, also the latency this machine's cost model predicts."""
+    latency_model = _latency_prediction_model(config) if config.latency_target else None
+    if config.latency_target and latency_model is None:
         return
     vocab_size = None
     if config.vocab is not None:
@@ -287,7 +375,7 @@ def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> Non
         vocab_size = plan.vocab_size
         st.caption(f"The vocabulary keeps {plan.vocab_size:,} of {plan.original_vocab_size:,} tokens, "
                    f"covering {plan.coverage:.1%} of the training texts' tokens.")
-    report, exact = settings.planned_size(config, shape, length, vocab_size)
+    report, exact = settings.planned_size(config, shape, length, vocab_size, latency_model)
     before, after = report.before, report.after
     columns = st.columns(3)
     columns[0].metric("Total parameters after", f"{after.total:,}", f"{-report.total_reduction:+.1%}",
@@ -302,6 +390,8 @@ def _size_panel(config: RunConfig, shape: models.ModelShape, length: int) -> Non
         columns=["", "before", "after"],
     ).set_index(""), width="stretch", column_config={
         name: st.column_config.NumberColumn(format="localized") for name in ("before", "after")})
+    if latency_model is not None:
+        _latency_metrics(latency_model, report.structure)
     if not exact:
         st.caption(f"A budget lets the run decide where to cut; FLOPs and speedup are for the budget spread evenly "
                    f"({report.structure.describe()}).")
@@ -336,18 +426,20 @@ def _presets(shape: models.ModelShape, length: int) -> None:
             column.button(f"Use {name}", on_click=_apply_preset, args=(preset,), key=f"preset.{name}")
 
 
-def _training_inputs() -> None:
-    columns = st.columns(4)
-    for index, (label, path, widget, options) in enumerate(TRAINING_FIELDS):
-        _edit(getattr(columns[index % 4], widget), label, path, *_field(path), **options)
+def _grid(fields: tuple, width: int) -> None:
+    """Config fields as widgets, `width` a row."""
+    columns = st.columns(width)
+    for index, (label, path, widget, options) in enumerate(fields):
+        _edit(getattr(columns[index % width], widget), label, path, *_field(path), **options)
 
 
 def _run_config(shape: models.ModelShape, overrides: str) -> RunConfig | None:
     """The edited config with the key=value lines on top, checked against the model and its documents."""
     with ui.guard("Settings"):
         config = settings.run_config(_draft(), overrides)
-        if not config.latency_target:  # a latency target is sized when the run has measured this machine
-            settings.size_target(config, shape)
+        latency_model = _calibrated(config) if config.latency_target else None
+        if latency_model is not None or not config.latency_target:  # else sized when the run has timed this machine
+            settings.size_target(config, shape, latency_model)
         if config.documents and _document_key(config) != _document_key(_draft()):  # the lines changed them
             _documents(*_document_key(config))
         return config
@@ -409,7 +501,9 @@ def _target_and_training(shape: models.ModelShape, inputs_ok: bool) -> None:
     with st.expander("The original design's presets for BGE-M3, with their true sizes"):
         _presets(shape, length)
     st.subheader("Training")
-    _training_inputs()
+    _grid(TRAINING_FIELDS, 4)
+    st.subheader("Serving")
+    _grid(SERVING_FIELDS, 4)
     name = st.text_input("Run name (optional)", key=K + "run_name", persist_state="session",
                          placeholder="a name from the date, model and data")
     overrides = st.text_area("More settings, one key=value a line", key=K + "overrides", persist_state="session",

@@ -31,6 +31,18 @@ destination_text = st.text_input(
     help=f"A relative path is inside the workspace ({workspace}); anywhere else needs an absolute path.",
 )
 overwrite = st.checkbox("Replace the directory if it already exists (only an export this tool wrote)", value=False)
+run_gate = exporting.quality_gate(info)
+if run_gate:
+    st.caption("The run wrote ONNX variants beside its export and scored them:")
+    ui.show_quality_gate(run_gate, "run")
+onnx_column, threshold_column = st.columns([2, 1])
+with_onnx = onnx_column.toggle(
+    "Also write ONNX fp32 + int8", value=bool(config and config.serving.onnx), key="export.onnx", disabled=config is None,
+    help="onnx/model.onnx and onnx/model_qint8.onnx beside the export, both scored on the run's evaluation data and "
+    "held-out documents; a quality gate says whether int8 may serve" + ("" if config else " (needs the run's config.yaml)"))
+threshold = threshold_column.number_input(
+    "int8 must keep this share of every fp32 figure", min_value=0.01, max_value=1.0, step=0.005, format="%.3f",
+    value=config.serving.int8_threshold if config else 0.99, key="export.int8_threshold", disabled=not with_onnx)
 written = Path(st.session_state.get(EXPORTED_KEY, ""))
 destination = None
 with ui.guard("Destination"):  # the refusals, shown before anything is written
@@ -42,12 +54,15 @@ with ui.guard("Destination"):  # the refusals, shown before anything is written
         note = " (replacing the export there)." if planned.exists() else "."
     destination = planned
     st.caption(f"Writes to `{destination}`{note}")
+exported = None
 if st.button("Export", type="primary", key="export.run", icon=":material/save:", disabled=destination is None):
     with ui.guard("Export"), st.spinner("Writing the model..."):
         pruned = ui.embedder(str(record.export_dir), bool(config and config.trust_remote_code))
-        extra = {k: v for k, v in info.items() if k != "needs_trust_remote_code"}  # export_embedder sets it
-        written = export_embedder(pruned, destination, extra, overwrite=overwrite)
-        st.session_state[EXPORTED_KEY] = str(written)
+        exported = export_embedder(pruned, destination, exporting.copied_info(info), overwrite=overwrite)
+        st.session_state[EXPORTED_KEY] = str(exported)
+    if with_onnx and exported is not None:
+        with ui.guard("ONNX"), st.spinner("Writing the ONNX variants and scoring them..."):
+            exporting.write_serving(exported, config, ui.embedder(config.model, config.trust_remote_code), threshold)
 
 written = Path(st.session_state.get(EXPORTED_KEY, ""))
 if written.name and (written / "config.json").is_file():
@@ -55,7 +70,11 @@ if written.name and (written / "config.json").is_file():
     listing = pd.DataFrame(exporting.directory_listing(written))
     listing["size"] = listing["bytes"].map(lambda n: f"{ui.human(n)}B")
     st.dataframe(listing, width="stretch", hide_index=True)
-    remote_code = bool((read_json(written / "pruning_info.json") or {}).get("needs_trust_remote_code"))
+    written_info = read_json(written / "pruning_info.json") or {}
+    gate = exporting.quality_gate(written_info)
+    if gate:
+        ui.show_quality_gate(gate, "export")
+    remote_code = bool(written_info.get("needs_trust_remote_code"))
     st.markdown("Load it with:")
     st.code(exporting.loading_snippet(written, remote_code), language="python")
     st.download_button("Download as zip", data=lambda: exporting.zip_directory(written), file_name=f"{written.name}.zip",

@@ -163,11 +163,18 @@ def latency_model(config: RunConfig, teacher: Embedder, directory: RunDirectory)
     path = directory.path / LATENCY_MODEL_FILE
     if path.is_file():
         return LatencyModel.load(path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    clock = "cpu" if device == "cpu" and torch.get_num_threads() == 1 else "wall"  # CPU time: steady on a shared box
-    model = calibrate(teacher.config, config.latency_batch_size, config.latency_length, device=device, clock=clock)
+    model = calibrate_here(teacher.config, config.latency_batch_size, config.latency_length)
     model.save(path)
     return model
+
+
+def calibrate_here(encoder_config, batch_size: int, length: int, repeats: int | None = None) -> LatencyModel:
+    """The latency model a run on this machine uses: on its GPU if it has one, else on the CPU,
+    timed in CPU seconds when torch runs one thread (steady on a shared box). `repeats=None`
+    times as many rounds as the calibration's time budget allows."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock = "cpu" if device == "cpu" and torch.get_num_threads() == 1 else "wall"
+    return calibrate(encoder_config, batch_size, length, device=device, clock=clock, repeats=repeats)
 
 
 def load_inputs(config: RunConfig, directory: RunDirectory) -> RunInputs:

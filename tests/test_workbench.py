@@ -294,6 +294,59 @@ def test_a_latency_target_from_the_settings_replaces_the_pages_and_is_sized_by_t
     assert any("1.5x faster" in m.value for m in at.markdown)
 
 
+def number(text: str) -> float:
+    """A metric's number: '2.03x' -> 2.03, '266.4 ms' -> 266.4."""
+    return float(text.removesuffix("x").removesuffix(" ms").replace(",", ""))
+
+
+def test_a_speedup_target_is_timed_on_this_machine_and_predicts_its_latency(workspace):
+    at = open_app()
+    at.radio(key="cfg.target_kind").set_value("Speedup on this machine").run()
+    shown = yaml.safe_load(shown_config_file(at))
+    assert shown["target_speedup"] == settings.DEFAULT_TARGET_SPEEDUP == 2.0 and shown["target_params"] is None
+    assert errors(at) == [] and at.session_state[ui.CONFIG_KEY].target_speedup == 2.0
+    # Until the model is timed here, the panel says the run will; a small batch keeps the timing short.
+    assert not [m for m in at.metric if m.label == "Predicted latency"]
+    at.number_input(key="cfg.latency_batch_size").set_value(4)
+    at.number_input(key="cfg.latency_length").set_value(32).run()
+    at.button(key="cfg.calibrate").click().run()
+    assert errors(at) == []
+    speedup, latency = number(metric(at, "Predicted latency speedup")), number(metric(at, "Predicted latency"))
+    unpruned = number(metric(at, "Unpruned latency"))
+    assert 1.995 <= speedup <= 2.5 and latency * speedup == pytest.approx(unpruned, rel=0.02)
+    assert number(metric(at, "Predicted speedup")) > 1.0  # the FLOP prediction, beside it
+    at.number_input(key="cfg.target_speedup").set_value(3.0).run()
+    assert at.session_state[ui.CONFIG_KEY].target_speedup == 3.0 and number(metric(at, "Predicted latency speedup")) >= 2.995
+    shown = yaml.safe_load(shown_config_file(at))
+    assert (shown["latency_batch_size"], shown["latency_length"]) == (4, 32)
+
+    # Seconds per batch: half the unpruned model's time once this machine is timed; met by the plan.
+    at.radio(key="cfg.target_kind").set_value("Latency").run()
+    configured = at.session_state[ui.CONFIG_KEY]
+    assert configured.target_speedup is None and configured.target_latency == pytest.approx(unpruned / 2000, rel=0.01)
+    assert errors(at) == [] and number(metric(at, "Predicted latency")) <= configured.target_latency * 1000 + 0.05
+    at.number_input(key="cfg.target_latency").set_value(unpruned / 1000 * 2).run()  # slower than the original
+    assert any("outside what pruning heads, ffn reaches" in e for e in errors(at))
+    at.radio(key="cfg.target_kind").set_value("Parameter budget").run()
+    configured = at.session_state[ui.CONFIG_KEY]
+    assert configured.target_params.fraction == 0.5 and configured.target_latency is None and errors(at) == []
+
+
+def test_alignment_and_serving_options_are_written_into_the_config(workspace):
+    at = open_app()
+    assert at.number_input(key="cfg.align_ffn").value is None and not at.toggle(key="cfg.serving.onnx").value
+    at.toggle(key="cfg.serving.onnx").set_value(True)
+    at.number_input(key="cfg.serving.int8_threshold").set_value(0.95)
+    at.number_input(key="cfg.align_ffn").set_value(64).run()
+    assert errors(at) == []
+    shown = yaml.safe_load(shown_config_file(at))
+    assert shown["serving"] == {"onnx": True, "int8_threshold": 0.95} and shown["align_ffn"] == 64
+    configured = at.session_state[ui.CONFIG_KEY]
+    assert configured.serving.onnx and configured.alignment(on_gpu=False).ffn == 64
+    at.number_input(key="cfg.align_ffn").set_value(None).run()
+    assert at.session_state[ui.CONFIG_KEY].align_ffn is None  # the engine's default again
+
+
 def test_bad_input_shows_an_error_and_keeps_the_other_inputs(workspace, tmp_path):
     at = open_app()
     at.text_input(key="cfg.max_duration").set_value("7ba").run()
@@ -444,6 +497,64 @@ def test_the_export_page_shows_where_it_writes_and_why_it_refuses(finished, tmp_
     at.checkbox[0].check().run()  # replacing is allowed, but never a folder this tool did not write
     assert any("it has no pruning_info.json" in e for e in errors(at)) and at.button(key="export.run").disabled
     assert (foreign / "notes.txt").read_text() == "not an export"
+
+
+@pytest.fixture(scope="module")
+def onnx_runs(tiny_model_dir, documents_file, tmp_path_factory) -> Path:
+    """A workspace with a finished tiny run that also wrote ONNX fp32 + int8 and gated them."""
+    workspace = tmp_path_factory.mktemp("onnx") / "runs"
+    PruningRun(load_config(None, [
+        f"model={tiny_model_dir}", "dataset=demo", "eval_splits=[test]", "target_params.fraction=0.5", "batch_size=8",
+        "max_length=32", "max_duration=4ba", "log_every=1", "checkpoint_every=100", f"documents={documents_file}",
+        "serving.onnx=true", f"output_dir={workspace / 'with-onnx'}",
+    ])).run()
+    return workspace
+
+
+def shown_gate(at: AppTest, gate: dict, index: int = 0) -> None:
+    """The decision said once, the figures as the gate measured them."""
+    said = [m.value for m in [*at.success, *at.warning] if m.value.startswith("ONNX serving")]
+    assert said.count(f"ONNX serving, {gate['decision']}.") == 1, said
+    table = next(d.value for d in at.dataframe if "int8 keeps" in d.value.columns).set_index("figure")
+    assert sorted(table.index) == sorted(gate["figures"]) and gate["figures"]
+    for name, row in gate["figures"].items():
+        assert table.loc[name, "int8 keeps"] == pytest.approx(row["kept"])
+        assert table.loc[name, "below the threshold"] == (name in gate["fallen"])
+
+
+def test_a_run_that_wrote_onnx_shows_its_quality_gate(onnx_runs, monkeypatch):
+    monkeypatch.setenv(runs.WORKSPACE_ENV, str(onnx_runs))
+    record = runs.RunRecord(onnx_runs / "with-onnx")
+    gate = record.report()["serving"]["quality_gate"]
+    assert gate == exporting.quality_gate(record.pruning_info())  # the same decision in pruning_info.json
+    shown_gate(open_run("pages/train.py", record.name), gate)
+    shown_gate(open_run("pages/export.py", record.name), gate)
+
+
+def test_the_export_page_writes_onnx_and_shows_the_new_exports_gate(onnx_runs, monkeypatch):
+    monkeypatch.setenv(runs.WORKSPACE_ENV, str(onnx_runs))
+    at = open_run("pages/export.py", "with-onnx")
+    assert at.toggle(key="export.onnx").value  # the run wrote ONNX: so does its export, unless switched off
+    at.toggle(key="export.onnx").set_value(False)
+    at.text_input[0].set_value("exports/plain")
+    at.button(key="export.run").click().run()
+    assert errors(at) == []
+    plain = onnx_runs / "exports" / "plain"
+    assert "serving" not in json.loads((plain / "pruning_info.json").read_text()) and not (plain / "onnx").exists()
+
+    at.toggle(key="export.onnx").set_value(True).run()
+    at.number_input(key="export.int8_threshold").set_value(0.5)
+    at.text_input[0].set_value("exports/served")
+    at.button(key="export.run").click().run()
+    assert errors(at) == []
+    served = onnx_runs / "exports" / "served"
+    assert (served / "onnx" / "model.onnx").is_file() and (served / "onnx" / "model_qint8.onnx").is_file()
+    gate = exporting.quality_gate(json.loads((served / "pruning_info.json").read_text()))
+    run_gate = runs.RunRecord(onnx_runs / "with-onnx").report()["serving"]["quality_gate"]
+    assert gate["threshold"] == 0.5 and set(gate["figures"]) == set(run_gate["figures"])  # scored as the run was
+    said = [m.value for m in [*at.success, *at.warning] if m.value.startswith("ONNX serving")]
+    assert f"ONNX serving, {gate['decision']}." in said
+    assert "onnx/model_qint8.onnx" in next(d.value for d in at.dataframe if "file" in d.value.columns)["file"].tolist()
 
 
 def test_the_edited_config_is_the_runs_config_and_its_end_shows_the_documents(workspace, tiny_model_dir,

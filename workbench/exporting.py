@@ -1,4 +1,5 @@
-"""The Export page's engine side: where an export may go, what it holds, how to load it."""
+"""The Export page's engine side: where an export may go, what it holds, how to load it, and its
+ONNX serving variants scored as the run's end scores them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import io
 import zipfile
 from pathlib import Path
 
+from prune_engine.config import RunConfig
+from prune_engine.documents import load_documents, split_documents
+from prune_engine.embedder import Embedder
+from prune_engine.finish import Evaluation, serving_variants
+
 from .runs import WorkbenchError
+
+# What a run's pruning_info.json holds that a copy of its export must not repeat: export_embedder
+# sets the first; the second names the run's own ONNX files, which a copy does not carry.
+NOT_COPIED = ("needs_trust_remote_code", "serving")
 
 
 def resolve_destination(text: str, workspace: Path) -> Path:
@@ -54,3 +64,22 @@ def loading_snippet(path: Path, remote_code: bool) -> str:
         f"model = SentenceTransformer({str(path)!r}{flag})\n"
         'embeddings = model.encode(["A sentence to embed."])'
     )
+
+
+def copied_info(info: dict) -> dict:
+    """A run's pruning_info.json, as the copy written by the Export page records it."""
+    return {key: value for key, value in info.items() if key not in NOT_COPIED}
+
+
+def write_serving(export_dir: Path, config: RunConfig, original: Embedder, threshold: float) -> dict:
+    """ONNX fp32 and int8 beside an export, both scored on what the run was scored on (its
+    evaluation data and its held-out documents) against `original`; the quality gate's decision
+    goes into the export's pruning_info.json (`finish.serving_variants`)."""
+    documents = (split_documents(load_documents(config.documents), config.documents_held_out)
+                 if config.documents is not None else None)
+    return serving_variants(Path(export_dir), Evaluation.for_run(config, original, documents), threshold)
+
+
+def quality_gate(info: dict | None) -> dict | None:
+    """The serving quality gate an export's pruning_info.json (or a run's report) holds, if any."""
+    return ((info or {}).get("serving") or {}).get("quality_gate")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prune_engine.accounting import SizeReport, Structure, size_report
 from prune_engine.config import (
+    TARGET_KEYS,
     RunConfig,
     TargetModel,
     TargetParams,
@@ -20,7 +21,9 @@ from prune_engine.config import (
 )
 from prune_engine.data import KNOWN_DATASETS, load_training_data
 from prune_engine.documents import DocumentSplit, LengthChoice, choose_length
+from prune_engine.latency import LatencyModel
 from prune_engine.presets import ORIGINAL_PRESETS, bge_m3_config
+from prune_engine.run_inputs import calibrate_here
 from prune_engine.sources import MINILM_ALIAS, ModelSourceError
 from prune_engine.targets import SizeTarget
 
@@ -37,6 +40,12 @@ NO_DOCUMENTS = (
     "above: a file or BEIR folder, no labels needed."
 )
 STRUCTURE_OF_TARGET = {"n_layers": "layers", "n_heads": "heads", "intermediate_size": "ffn"}
+TARGET_KINDS = ("architecture", "budget", "speedup", "latency")
+DEFAULT_TARGET_SPEEDUP = 2.0
+DEFAULT_TARGET_LATENCY_S = 0.1  # before this machine is calibrated: a starting value to edit
+# A quick calibration for the Configure page's prediction; the run calibrates again with its full
+# time budget as it starts (latency.TIME_BUDGET_S).
+PAGE_CALIBRATION_ROUNDS = 3
 
 
 def default_config(model: str) -> RunConfig:
@@ -90,17 +99,38 @@ def ffn_step(shape: ModelShape) -> int:
     return max(1, max(shape.config.intermediate_sizes) // 32)
 
 
-def with_target_kind(config: RunConfig, kind: str, shape: ModelShape) -> RunConfig:
+def target_kind(config: RunConfig) -> str:
+    """Which of TARGET_KINDS the config's target is (a fixed structure comes from the settings lines)."""
+    if config.target_speedup is not None:
+        return "speedup"
+    if config.target_latency is not None:
+        return "latency"
+    return "budget" if config.target_params is not None else "architecture"
+
+
+def with_target_kind(config: RunConfig, kind: str, shape: ModelShape,
+                     latency_model: LatencyModel | None = None) -> RunConfig:
     """`architecture`: every layer, three quarters of the heads and FFN neurons (the structures a
-    uniform architecture prunes); `budget`: half of the encoder's parameters."""
+    uniform architecture prunes); `budget`: half of the encoder's parameters; `speedup`: twice as
+    fast on this machine; `latency`: half the unpruned model's time per batch where this machine is
+    calibrated (`latency_model`), else DEFAULT_TARGET_LATENCY_S."""
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"unknown target kind {kind!r}; choose one of {TARGET_KINDS}")
+    target: dict = dict.fromkeys(TARGET_KEYS)
+    structures = config.structures
     if kind == "budget":
-        return dataclasses.replace(config, target_model=None, target_params=TargetParams(fraction=0.5))
-    model = shape.config
-    step = ffn_step(shape)
-    target = TargetModel(model.num_hidden_layers, max(1, max(model.heads_per_layer) * 3 // 4),
-                         max(model.intermediate_sizes) * 3 // 4 // step * step)
-    structures = list(dict.fromkeys([*config.structures, "heads", "ffn"]))
-    return dataclasses.replace(config, target_params=None, target_model=target, structures=structures)
+        target["target_params"] = TargetParams(fraction=0.5)
+    elif kind == "speedup":
+        target["target_speedup"] = DEFAULT_TARGET_SPEEDUP
+    elif kind == "latency":
+        seconds = latency_model.full_latency / 2 if latency_model is not None else DEFAULT_TARGET_LATENCY_S
+        target["target_latency"] = float(f"{seconds:.3g}")
+    else:
+        model, step = shape.config, ffn_step(shape)
+        target["target_model"] = TargetModel(model.num_hidden_layers, max(1, max(model.heads_per_layer) * 3 // 4),
+                                             max(model.intermediate_sizes) * 3 // 4 // step * step)
+        structures = list(dict.fromkeys([*config.structures, "heads", "ffn"]))
+    return dataclasses.replace(config, **target, structures=structures)
 
 
 def typed_source(text: str) -> str:
@@ -186,11 +216,17 @@ def modified_times(sources: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(times)
 
 
-def size_target(config: RunConfig, shape: ModelShape) -> SizeTarget:
-    """The run's target for this model, checked against it (TargetError when it does not fit)."""
-    target = config.size_target(shape.config, shape.output_head_parameters)
+def size_target(config: RunConfig, shape: ModelShape, latency_model: LatencyModel | None = None) -> SizeTarget:
+    """The run's target for this model, checked against it (TargetError when it does not fit; a
+    latency target needs this machine's `latency_model`)."""
+    target = config.size_target(shape.config, shape.output_head_parameters, latency_model)
     target.validate(shape.config, tuple(config.structures))
     return target
+
+
+def calibrate_latency(shape: ModelShape, batch_size: int, length: int) -> LatencyModel:
+    """This machine's latency model for the model, as a run calibrates it, in fewer rounds."""
+    return calibrate_here(shape.config, batch_size, length, repeats=PAGE_CALIBRATION_ROUNDS)
 
 
 def check_dataset(dataset: str) -> str:
@@ -236,11 +272,11 @@ def vocabulary_plan(tokenizer, texts: list[str]):
     return plan_for_run(tokenizer, VocabConfig(), texts)
 
 
-def planned_size(config: RunConfig, shape: ModelShape, sequence_length: int,
-                 vocab_size: int | None = None) -> tuple[SizeReport, bool]:
+def planned_size(config: RunConfig, shape: ModelShape, sequence_length: int, vocab_size: int | None = None,
+                 latency_model: LatencyModel | None = None) -> tuple[SizeReport, bool]:
     """The size panel's report (against the untrimmed, unpruned model), and whether the structure
-    is exact (a parameter budget's is spread evenly: the run decides where to cut)."""
-    structure, exact = size_target(config, shape).planned_structure(shape.config)
+    is exact (a parameter or latency budget's is spread evenly: the run decides where to cut)."""
+    structure, exact = size_target(config, shape, latency_model).planned_structure(shape.config)
     if vocab_size is not None:
         structure = dataclasses.replace(structure, vocab_size=vocab_size)
     return size_report(shape.config, structure, sequence_length, shape.output_head_parameters), exact

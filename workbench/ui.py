@@ -215,8 +215,33 @@ def show_warnings(report: dict) -> None:
         st.warning(warning, icon=":material/warning:")
 
 
+def show_quality_gate(gate: dict, key: str) -> None:
+    """The ONNX serving quality gate: whether int8 may replace fp32, and each figure's kept share."""
+    say = st.success if gate["int8_recommended"] else st.warning
+    say(f"ONNX serving, {gate['decision']}.", icon=":material/speed:")
+    if gate["figures"]:
+        st.dataframe(pd.DataFrame([
+            {"figure": name, "fp32": row["fp32"], "int8": row["int8"], "int8 keeps": row["kept"],
+             "below the threshold": name in gate["fallen"]} for name, row in gate["figures"].items()
+        ]), width="stretch", hide_index=True, key=f"gate.{key}",
+            column_config={"int8 keeps": st.column_config.NumberColumn(format="percent")})
+
+
+def show_latency(latency: dict) -> None:
+    """A latency target's result: the export timed beside the original against the cost model."""
+    c = latency["conditions"]
+    columns = st.columns(3)
+    columns[0].metric("Measured latency speedup", f"{latency['measured_speedup']:.2f}x",
+                      help=f"per batch of {c['batch_size']} x {c['sequence_length']} tokens on this {c['device']}")
+    columns[1].metric("Predicted latency speedup", f"{latency['predicted_speedup']:.2f}x",
+                      help="the cost model the run calibrated as it started")
+    columns[2].metric("Measured latency", f"{latency['measured_s'] * 1000:.1f} ms",
+                      f"{latency['measured_s'] / latency['original_measured_s'] - 1:+.1%}", delta_color="inverse")
+
+
 def show_run_report(report: dict, key: str) -> None:
-    """report.json: its warnings once, the documents' label-free figures, then the task data's."""
+    """report.json: its warnings once, the documents' label-free figures, then the task data's, then
+    a latency target's timing and the ONNX variants' quality gate where the run has them."""
     show_warnings(report)
     if report.get("documents"):
         st.subheader("On your documents (label-free)")
@@ -224,6 +249,12 @@ def show_run_report(report: dict, key: str) -> None:
     if report.get("splits") or report.get("unavailable"):
         st.subheader(f"On the task data, {report['dataset']}")
         show_report(report, key)
+    if report.get("latency"):
+        st.subheader("Latency on this machine")
+        show_latency(report["latency"])
+    if report.get("serving"):
+        st.subheader("Serving (ONNX)")
+        show_quality_gate(report["serving"]["quality_gate"], key)
 
 
 def show_evaluation(result: dict) -> None:

@@ -64,9 +64,11 @@ def prune_encoder(encoder: PrunableEncoderModel, masks: StructureMasks) -> Pruna
         neurons = torch.nonzero(masks.ffn[old_index]).flatten()
         new_state.update(_slice_layer(state, old_index, new_index, head_features, neurons))
 
-    reference = next(encoder.parameters())
-    pruned = PrunableEncoderModel(new_config).to(device=reference.device, dtype=reference.dtype)
-    pruned.load_state_dict(new_state, strict=True)
+    # The copies are handed to an encoder built on the meta device: a randomly initialised one would hold
+    # a second copy of every weight (at BGE-M3's size, 1 GB of word embeddings) and take seconds to fill.
+    with torch.device("meta"):
+        pruned = PrunableEncoderModel(new_config)
+    pruned.load_state_dict(new_state, strict=True, assign=True)
     return pruned.train(encoder.training)
 
 

@@ -382,6 +382,7 @@ class PruningRun:
             if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
                 self._emit("checkpoint", message=str(self._save_checkpoint()))
         self.timings["steps"] = time.perf_counter() - started
+        self.timings["teacher"] = self.teacher.seconds  # within the steps: the teacher's outputs of new texts
         return True
 
     def _log_step(self, record: dict, progress) -> None:

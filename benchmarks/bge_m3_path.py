@@ -158,19 +158,22 @@ def masked_outputs(model, gates, texts: list[str]) -> dict:
     """Dense, lexical weights (source ids) and multi-vectors of the masked model, source tokenizer."""
     features = model.tokenize(texts)
     out = model(features, gates=gates)
-    mask = features["attention_mask"]
+    scores = model.sparse_linear(out.token_states).squeeze(-1)  # the lexical weights before the ReLU
+    if not torch.equal(torch.relu(scores) * features["attention_mask"], out.sparse_weights):
+        raise AssertionError("the engine's lexical weights are not relu(sparse_linear(token states))")
     special = set(model.tokenizer.all_special_ids)
-    return per_text(out.dense.numpy(), features["input_ids"], out.sparse_weights, out.colbert_vectors, mask, special)
+    return per_text(out.dense.numpy(), features["input_ids"], scores, out.colbert_vectors, features["attention_mask"], special)
 
 
-def per_text(dense, ids: torch.Tensor, weights: torch.Tensor, vectors: torch.Tensor, mask: torch.Tensor,
+def per_text(dense, ids: torch.Tensor, scores: torch.Tensor, vectors: torch.Tensor, mask: torch.Tensor,
              special: set[int]) -> dict:
-    """Each text's outputs without padding: token ids and weights (every token's, zeros included: random
-    output heads zero most of them), FlagEmbedding's lexical weights, multi-vectors."""
+    """Each text's outputs without padding: token ids, every token's sparse score before the ReLU (a
+    random sparse head scores most tokens below zero, so the lexical weights alone would compare
+    little), FlagEmbedding's lexical weights, multi-vectors."""
     lengths = mask.sum(dim=1).tolist()
     return {"dense": dense, "token_ids": [row[:n] for row, n in zip(ids.tolist(), lengths, strict=True)],
-            "token_weights": [row[:n].numpy() for row, n in zip(weights, lengths, strict=True)],
-            "sparse": lexical_weights(ids, weights, mask, special),
+            "token_scores": [row[:n].numpy() for row, n in zip(scores, lengths, strict=True)],
+            "sparse": lexical_weights(ids, torch.relu(scores), mask, special),
             "colbert": [v[: n - 1].numpy() for v, n in zip(vectors, lengths, strict=True)]}
 
 
@@ -197,24 +200,26 @@ def export_outputs(export_dir: Path, groups: list[list[str]], remote_code: bool)
         batch = tokenizer(texts, padding=True, return_tensors="pt")
         states = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"]
-        weights = torch.relu(heads["sparse_linear"](states)).squeeze(-1)
+        scores = heads["sparse_linear"](states).squeeze(-1)
         vectors = torch.nn.functional.normalize(heads["colbert_linear"](states[:, 1:]) * mask[:, 1:, None], dim=-1)
         dense = sentence_transformer.encode(texts)
-        outputs.append(per_text(dense, original_ids[batch["input_ids"]], weights, vectors, mask, special))
+        outputs.append(per_text(dense, original_ids[batch["input_ids"]], scores, vectors, mask, special))
     return outputs
 
 
 def differences(expected: dict, actual: dict) -> dict[str, float]:
-    """Largest absolute differences of the three outputs (the sparse one over every token's weight);
-    the token ids (the source's) and the ids of the lexical weights must be the same."""
+    """Largest absolute differences of the three outputs (the sparse one also over every token's score
+    before the ReLU); the token ids (the source's) and the ids of the lexical weights must be the same."""
     if expected["token_ids"] != actual["token_ids"]:
         raise AssertionError("the export's tokens, mapped to the source's ids, differ from the source tokenizer's")
     for want, got in zip(expected["sparse"], actual["sparse"], strict=True):
         if set(want) != set(got):
             raise AssertionError(f"lexical weights differ in token ids: {sorted(set(want) ^ set(got))[:10]}")
-    sparse = max(float(np.abs(a - b).max()) for a, b in zip(expected["token_weights"], actual["token_weights"], strict=True))
+    sparse = max(max((abs(want[t] - got[t]) for t in want), default=0.0) for want, got in zip(expected["sparse"], actual["sparse"], strict=True))
+    scores = max(float(np.abs(a - b).max()) for a, b in zip(expected["token_scores"], actual["token_scores"], strict=True))
     colbert = max(float(np.abs(a - b).max()) for a, b in zip(expected["colbert"], actual["colbert"], strict=True))
-    return {"dense": float(np.abs(expected["dense"] - actual["dense"]).max()), "sparse": sparse, "colbert": colbert}
+    return {"dense": float(np.abs(expected["dense"] - actual["dense"]).max()), "sparse": sparse,
+            "sparse_scores": scores, "colbert": colbert}
 
 
 def verify_export(run_dir: Path, source: str = BGE_M3_HUB_ID, per_language: int = 4) -> dict:

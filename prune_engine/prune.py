@@ -8,6 +8,7 @@ projection. A layer that keeps no head still adds its attention output bias and 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -64,12 +65,19 @@ def prune_encoder(encoder: PrunableEncoderModel, masks: StructureMasks) -> Pruna
         neurons = torch.nonzero(masks.ffn[old_index]).flatten()
         new_state.update(_slice_layer(state, old_index, new_index, head_features, neurons))
 
-    # The copies are handed to an encoder built on the meta device: a randomly initialised one would hold
-    # a second copy of every weight (at BGE-M3's size, 1 GB of word embeddings) and take seconds to fill.
-    with torch.device("meta"):
-        pruned = PrunableEncoderModel(new_config)
-    pruned.load_state_dict(new_state, strict=True, assign=True)
-    return pruned.train(encoder.training)
+    return encoder_with_weights(new_config, new_state).train(encoder.training)
+
+
+def encoder_with_weights(config: PrunableEncoderConfig, state: dict[str, torch.Tensor]) -> PrunableEncoderModel:
+    """An encoder that takes `state`'s tensors as its weights (no copy). It is built on the meta device:
+    a randomly initialised one would hold a second copy of every weight (at BGE-M3's size, 1 GB of word
+    embeddings) and take seconds to fill."""
+    with torch.device("meta"), warnings.catch_warnings():
+        # A layer that keeps no head or no neuron has zero-element weights, whose initialisation torch warns about.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+        encoder = PrunableEncoderModel(config)
+    encoder.load_state_dict(state, strict=True, assign=True)
+    return encoder
 
 
 def prune_embedder(embedder: Embedder, masks: StructureMasks) -> Embedder:

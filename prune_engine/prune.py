@@ -8,13 +8,13 @@ projection. A layer that keeps no head still adds its attention output bias and 
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 
 from .embedder import Embedder
 from .l0 import StructureMasks
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
+from .sources import empty_encoder
 
 # Linear layers whose output rows belong to heads / neurons, and those whose input columns do.
 _HEAD_ROWS = ("attention.self.query", "attention.self.key", "attention.self.value")
@@ -69,13 +69,9 @@ def prune_encoder(encoder: PrunableEncoderModel, masks: StructureMasks) -> Pruna
 
 
 def encoder_with_weights(config: PrunableEncoderConfig, state: dict[str, torch.Tensor]) -> PrunableEncoderModel:
-    """An encoder that takes `state`'s tensors as its weights (no copy). It is built on the meta device:
-    a randomly initialised one would hold a second copy of every weight (at BGE-M3's size, 1 GB of word
-    embeddings) and take seconds to fill."""
-    with torch.device("meta"), warnings.catch_warnings():
-        # A layer that keeps no head or no neuron has zero-element weights, whose initialisation torch warns about.
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
-        encoder = PrunableEncoderModel(config)
+    """An encoder that takes `state`'s tensors as its weights (no copy): a randomly initialised one would
+    hold a second copy of every weight (at BGE-M3's size, 1 GB of word embeddings) while they are loaded."""
+    encoder = empty_encoder(config)
     encoder.load_state_dict(state, strict=True, assign=True)
     return encoder
 

@@ -100,6 +100,13 @@ def _size(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return int(text)
+
+
 def run_dir_or_model(path: str) -> str:
     """A run directory evaluates its export; anything else is a model source."""
     candidate = Path(path)
@@ -246,7 +253,7 @@ def _add_eval(commands) -> None:
     parser.add_argument("--documents", help="your documents: label-free retention on their held-out share (no labels)")
     parser.add_argument("--documents-held-out", dest="documents_held_out", type=float, default=0.05,
                         help="the share held out, as in the run's config (default 0.05)")
-    parser.add_argument("--documents-distractors", dest="documents_distractors", type=int, default=MAX_DISTRACTORS,
+    parser.add_argument("--documents-distractors", dest="documents_distractors", type=_count, default=MAX_DISTRACTORS,
                         help=f"training documents sampled as distractors, as in the run's config (default {MAX_DISTRACTORS})")
     parser.add_argument("--mteb", metavar="TASK",
                         help="run this MTEB task (e.g. STSBenchmark, SciFact) through the mteb package; it loads its "
@@ -279,7 +286,7 @@ def _add_onnx(commands) -> None:
     parser.add_argument("--split", nargs="+", default=["test"])
     parser.add_argument("--documents", help="score both variants label-free on these documents' held-out share")
     parser.add_argument("--documents-held-out", dest="documents_held_out", type=float, default=0.05)
-    parser.add_argument("--documents-distractors", dest="documents_distractors", type=int, default=MAX_DISTRACTORS)
+    parser.add_argument("--documents-distractors", dest="documents_distractors", type=_count, default=MAX_DISTRACTORS)
     parser.add_argument("--threshold", type=float, default=0.99, help="share of every fp32 figure int8 must keep")
     parser.add_argument("--against", help="the original model (default: the export's source model)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=64)

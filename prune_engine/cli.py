@@ -12,6 +12,7 @@ from .config import ConfigError, load_config
 from .data import DataError
 from .encoding_cache import CACHE_ENV
 from .export import ExportError
+from .label_free import MAX_DISTRACTORS
 from .presets import ORIGINAL_PRESETS, bge_m3_config
 from .run_dir import TrainingError
 from .sources import ModelSourceError
@@ -99,6 +100,13 @@ def _size(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return int(text)
+
+
 def run_dir_or_model(path: str) -> str:
     """A run directory evaluates its export; anything else is a model source."""
     candidate = Path(path)
@@ -116,7 +124,8 @@ def _source_model(model_dir: str) -> str | None:
 def _documents_report(args, model, original) -> dict:
     from .label_free import held_out_task, label_free_report
 
-    return label_free_report(original, model, held_out_task(_held_out(args)), args.batch_size, show_progress=True)
+    task = held_out_task(_held_out(args), max_distractors=args.documents_distractors)
+    return label_free_report(original, model, task, args.batch_size, show_progress=True)
 
 
 def _held_out(args):
@@ -183,7 +192,7 @@ def _onnx(args: argparse.Namespace) -> int:
     original_source = args.against or _source_model(str(export_dir))
     if original_source is None:
         raise DataError(f"{export_dir} names no source model in a pruning_info.json: name the original with --against")
-    task = held_out_task(_held_out(args)) if args.documents else None
+    task = held_out_task(_held_out(args), max_distractors=args.documents_distractors) if args.documents else None
     original = load_embedder(original_source, args.trust_remote_code)
     evaluation = Evaluation(original, args.dataset, tuple(args.split), task, args.batch_size)
     serving = serving_variants(export_dir, evaluation, args.threshold)
@@ -244,6 +253,8 @@ def _add_eval(commands) -> None:
     parser.add_argument("--documents", help="your documents: label-free retention on their held-out share (no labels)")
     parser.add_argument("--documents-held-out", dest="documents_held_out", type=float, default=0.05,
                         help="the share held out, as in the run's config (default 0.05)")
+    parser.add_argument("--documents-distractors", dest="documents_distractors", type=_count, default=MAX_DISTRACTORS,
+                        help=f"training documents sampled as distractors, as in the run's config (default {MAX_DISTRACTORS})")
     parser.add_argument("--mteb", metavar="TASK",
                         help="run this MTEB task (e.g. STSBenchmark, SciFact) through the mteb package; it loads its "
                              "own data from the hub unless --dataset gives local data for an STS or retrieval task. "
@@ -275,6 +286,7 @@ def _add_onnx(commands) -> None:
     parser.add_argument("--split", nargs="+", default=["test"])
     parser.add_argument("--documents", help="score both variants label-free on these documents' held-out share")
     parser.add_argument("--documents-held-out", dest="documents_held_out", type=float, default=0.05)
+    parser.add_argument("--documents-distractors", dest="documents_distractors", type=_count, default=MAX_DISTRACTORS)
     parser.add_argument("--threshold", type=float, default=0.99, help="share of every fp32 figure int8 must keep")
     parser.add_argument("--against", help="the original model (default: the export's source model)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=64)

@@ -22,6 +22,7 @@ import yaml
 
 from .data import SPLITS, STS_LANGUAGES
 from .l0 import STRUCTURES
+from .label_free import MAX_DISTRACTORS
 from .latency import LatencyModel
 from .targets import (
     Alignment,
@@ -173,6 +174,8 @@ class RunConfig:
     documents: str | list[str] | None = None
     documents_per_batch: int = field(default=16, metadata=AT_LEAST_ONE)
     documents_held_out: float = field(default=0.05, metadata=_range(0.0, 0.5, low_open=True))
+    # Training documents sampled as distractors for the held-out ones' pseudo-queries (label_free.py).
+    documents_distractors: int = field(default=MAX_DISTRACTORS, metadata=NON_NEGATIVE)
     dataset: str | None = "sts"  # optional task data: scored pairs, query-passage pairs or text
     eval_dataset: str | None = None  # defaults to the training dataset
     eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])  # [] skips those figures

@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +37,9 @@ from .sources import BGE_M3_HEAD_FILES, STOCK_CONFIG_KEYS
 STOCK_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 _MODELING_FILE = Path(modeling_prunable_encoder.__file__)
 _MODEL_CLASS = modeling_prunable_encoder.PrunableEncoderModel.__name__
+# A trimmed vocabulary's map back to the source's ids: entry i is the source id of token i. BGE-M3's
+# lexical weights are keyed by token id, so they match an index the source built only through it.
+ORIGINAL_IDS_FILE = "original_token_ids.json"
 PARAMETERS_COUNTED = (
     "parameters_before / parameters_after count the embeddings, the encoder and BGE-M3's output heads; "
     "pooler_parameters counts the pooler shipped beside them (what a stock model class loads, never used "
@@ -130,7 +134,9 @@ def _vocabulary_note(vocabulary: dict | None) -> str:
         return ""
     return (
         f"Vocabulary trimmed to {vocabulary['vocab_size_after']:,} of {vocabulary['vocab_size_before']:,} tokens: "
-        "text it covers embeds exactly as before; other text is spelt with the kept pieces or the unknown token.\n"
+        "text it covers embeds exactly as before; other text is spelt with the kept pieces or the unknown token. "
+        f"`{ORIGINAL_IDS_FILE}` lists the source's id of each token (entry i: token i); key lexical weights by "
+        "those ids to match an index the source model built.\n"
     )
 
 
@@ -196,7 +202,7 @@ def check_destination(destination: Path, overwrite: bool) -> None:
         )
 
 
-def _write_files(embedder: Embedder, staging: Path, info: dict) -> None:
+def _write_files(embedder: Embedder, staging: Path, info: dict, original_ids: Sequence[int] | None) -> None:
     config = embedder.config
     remote_code = needs_remote_code(config)
     config_dict = _remote_code_config_dict(config) if remote_code else _stock_config_dict(config)
@@ -214,13 +220,20 @@ def _write_files(embedder: Embedder, staging: Path, info: dict) -> None:
         head = getattr(embedder, name)
         if head is not None:
             torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, staging / filename)
+    if original_ids is not None:
+        (staging / ORIGINAL_IDS_FILE).write_text(json.dumps([int(i) for i in original_ids]))
     info = {**info, "needs_trust_remote_code": remote_code}
     (staging / "pruning_info.json").write_text(json.dumps(info, indent=2))
     (staging / "README.md").write_text(_model_card(info, remote_code))
 
 
-def export_embedder(embedder: Embedder, destination: str | Path, info: dict, overwrite: bool = False) -> Path:
-    """Writes the directory and returns its path. `info` becomes pruning_info.json."""
+def export_embedder(embedder: Embedder, destination: str | Path, info: dict, overwrite: bool = False,
+                    original_ids: Sequence[int] | None = None) -> Path:
+    """Writes the directory and returns its path. `info` becomes pruning_info.json; `original_ids`,
+    for a trimmed vocabulary, the source id of each token (`VocabularyPlan.kept_ids`)."""
+    if original_ids is not None and len(original_ids) != embedder.config.vocab_size:
+        raise ExportError(f"original_ids has {len(original_ids):,} entries for a vocabulary of "
+                          f"{embedder.config.vocab_size:,}: pass the plan the model was trimmed with")
     destination = Path(destination).expanduser().resolve()
     check_destination(destination, overwrite)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +241,7 @@ def export_embedder(embedder: Embedder, destination: str | Path, info: dict, ove
     staging = staging_folder(destination)
     try:
         staging.mkdir()
-        _write_files(embedder, staging, info)
+        _write_files(embedder, staging, info, original_ids)
         if destination.exists():
             replaced = staging_folder(destination)  # removed below, or as stale by the next export here
             destination.rename(replaced)

@@ -35,18 +35,18 @@ from .targets import LatencyTarget
 def export_run(student: Embedder, config: RunConfig, run_dir: RunDirectory, source_config, final_masks: StructureMasks,
                target_description: str, steps: int, vocabulary_texts: list[str]) -> tuple[Embedder, Path]:
     """Trims the vocabulary if asked, then writes `export/` (replacing only an export this run wrote)."""
-    vocabulary = None
+    vocabulary = original_ids = None
     if config.vocab is not None:
         from .vocab import plan_for_run, trim_embedder
 
         plan = plan_for_run(student.tokenizer, config.vocab, vocabulary_texts)
         student = trim_embedder(student, plan)
-        vocabulary = plan.summary()
+        vocabulary, original_ids = plan.summary(), plan.kept_ids
     info = pruning_info(
         student, config.model, source_config, kept_indices(final_masks), vocabulary=vocabulary,
         extra={"target": target_description, "dataset": config.dataset, "documents": config.documents, "steps": steps},
     )
-    return student, export_embedder(student, run_dir.path / "export", info, overwrite=True)
+    return student, export_embedder(student, run_dir.path / "export", info, overwrite=True, original_ids=original_ids)
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Evaluation:
 
     @classmethod
     def for_run(cls, config: RunConfig, teacher: Embedder, documents: DocumentSplit | None) -> Evaluation:
-        task = held_out_task(documents) if documents is not None else None
+        task = held_out_task(documents, max_distractors=config.documents_distractors) if documents is not None else None
         return cls(teacher, config.eval_dataset or config.dataset, tuple(config.eval_splits), task, config.eval_batch_size)
 
     def __call__(self, model) -> dict:

@@ -34,6 +34,9 @@ from .evaluate import AGREEMENT, MIXED_PREFIX, comparison_rows, encode_data, ret
 MIN_SENTENCE_WORDS = 4  # shorter sentences ("Methods.", "See Fig. 2.") say too little to be a query
 FALLBACK_QUERY_WORDS = 15  # a document with fewer than two usable sentences: its first words are the query
 TOP_K_AGREEMENT = 10
+# Distractors sampled into a label-free task by default. Both models encode every one of them, which
+# for BGE-M3 on a CPU is most of a run's evaluation time: a run can ask for fewer (documents_distractors).
+MAX_DISTRACTORS = 5000
 AGREEMENT_AT_10 = "top10_agreement"
 DATASET = "label-free"
 SPLIT = "held_out"
@@ -93,7 +96,7 @@ def _pseudo_query(title: str | None, text: str, seed: int) -> tuple[str, str, st
 
 
 def pseudo_query_task(held_out: Sequence[Document], distractors: Sequence[str], seed: int = 0,
-                      max_distractors: int = 5000, source: str = "") -> RetrievalTask:
+                      max_distractors: int = MAX_DISTRACTORS, source: str = "") -> RetrievalTask:
     """A retrieval task without labels: one pseudo-query per held-out document (its title, else an
     inverse cloze sentence) whose one relevant passage is the rest of that document, among the
     held-out passages and up to `max_distractors` of `distractors` (a seeded sample). Distractors
@@ -128,9 +131,10 @@ def pseudo_query_task(held_out: Sequence[Document], distractors: Sequence[str], 
     )
 
 
-def held_out_task(documents: DocumentSplit, seed: int = 0) -> RetrievalTask:
-    """The pseudo-query task of a run's held-out documents, with its training documents as distractors."""
-    return pseudo_query_task(documents.held_out.documents, documents.training.texts(), seed, source=documents.held_out.source)
+def held_out_task(documents: DocumentSplit, seed: int = 0, max_distractors: int = MAX_DISTRACTORS) -> RetrievalTask:
+    """The pseudo-query task of a run's held-out documents, with (a sample of) its training documents as distractors."""
+    return pseudo_query_task(documents.held_out.documents, documents.training.texts(), seed, max_distractors,
+                             source=documents.held_out.source)
 
 
 def top_k_agreement(task: RetrievalTask, original: Mapping[str, Encoded], pruned: Mapping[str, Encoded],

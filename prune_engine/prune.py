@@ -14,6 +14,7 @@ import torch
 from .embedder import Embedder
 from .l0 import StructureMasks
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
+from .sources import empty_encoder
 
 # Linear layers whose output rows belong to heads / neurons, and those whose input columns do.
 _HEAD_ROWS = ("attention.self.query", "attention.self.key", "attention.self.value")
@@ -64,10 +65,15 @@ def prune_encoder(encoder: PrunableEncoderModel, masks: StructureMasks) -> Pruna
         neurons = torch.nonzero(masks.ffn[old_index]).flatten()
         new_state.update(_slice_layer(state, old_index, new_index, head_features, neurons))
 
-    reference = next(encoder.parameters())
-    pruned = PrunableEncoderModel(new_config).to(device=reference.device, dtype=reference.dtype)
-    pruned.load_state_dict(new_state, strict=True)
-    return pruned.train(encoder.training)
+    return encoder_with_weights(new_config, new_state).train(encoder.training)
+
+
+def encoder_with_weights(config: PrunableEncoderConfig, state: dict[str, torch.Tensor]) -> PrunableEncoderModel:
+    """An encoder that takes `state`'s tensors as its weights (no copy): a randomly initialised one would
+    hold a second copy of every weight (at BGE-M3's size, 1 GB of word embeddings) while they are loaded."""
+    encoder = empty_encoder(config)
+    encoder.load_state_dict(state, strict=True, assign=True)
+    return encoder
 
 
 def prune_embedder(embedder: Embedder, masks: StructureMasks) -> Embedder:

@@ -27,7 +27,7 @@ from .targets import SizeTarget
 
 # Settings that change how a run is logged or reported, not what it trains: a resume may change them.
 RESULT_NEUTRAL_KEYS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "output_dir", "eval_splits",
-                                 "eval_dataset", "eval_batch_size"})
+                                 "eval_dataset", "eval_batch_size", "documents_distractors"})
 DEFAULT_LENGTH_CAP = 512  # training length without documents, at most the model's own limit
 LATENCY_MODEL_FILE = "latency_model.json"
 

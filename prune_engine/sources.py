@@ -9,6 +9,7 @@ missing one gives one clear error naming the alternatives.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -164,13 +165,21 @@ def _pooler_of(state: dict[str, torch.Tensor], hidden_size: int) -> dict[str, to
     return dict(zip(POOLER_KEYS, (weight, bias), strict=True))
 
 
+def empty_encoder(config: PrunableEncoderConfig) -> PrunableEncoderModel:
+    """An encoder on the meta device, for weights handed over with load_state_dict(assign=True): one
+    initialised only to be overwritten would cost a second copy of every weight and seconds to fill."""
+    with torch.device("meta"), warnings.catch_warnings():
+        # A layer that keeps no head or no neuron has zero-element weights, whose initialisation torch warns about.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+        return PrunableEncoderModel(config)
+
+
 def _load_weights(model_dir: Path) -> tuple[PrunableEncoderModel, dict[str, torch.Tensor] | None]:
     """The encoder, and the pooler beside it, from one read of the checkpoint. The encoder is built on
     the meta device and handed the checkpoint's tensors, so no weight is initialised only to be
     overwritten (13 of BGE-M3's 15 s of loading). The checkpoint is memory-mapped and each weight
     copied out of it once: the model owns its memory and never depends on the file."""
-    with torch.device("meta"):
-        model = PrunableEncoderModel(read_encoder_config(str(model_dir)))
+    model = empty_encoder(read_encoder_config(str(model_dir)))
     expected = model.state_dict()
     state = _strip_prefix(_read_state_dict(model_dir))
     missing = set(expected) - set(state)

@@ -10,6 +10,8 @@ With `cache_mb=0` the teacher encodes each padding group as a batch, as the stud
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -24,13 +26,17 @@ class Teacher:
         self.cached: dict[str, dict[str, torch.Tensor]] = {}
         self.cached_bytes = 0
         self.hits = self.misses = 0
+        self.seconds = 0.0  # spent computing outputs (a run reports it as the teacher's time)
 
     @torch.no_grad()
     def outputs(self, texts: list[str], features: dict[str, torch.Tensor], autocast) -> EmbeddingOutput:
         """The teacher's output for `texts`, padded like `features` (the student's tokenisation)."""
         if self.budget <= 0:
+            started = time.perf_counter()
             with autocast():
-                return self.embedder(features)
+                out = self.embedder(features)
+            self.seconds += time.perf_counter() - started
+            return out
         per_text = [self._one(text, autocast) for text in texts]
         mask = features["attention_mask"]
         length = mask.shape[1]
@@ -55,6 +61,7 @@ class Teacher:
             self.hits += 1
             return found
         self.misses += 1
+        started = time.perf_counter()
         with autocast():
             out = self.embedder(self.embedder.tokenize([text], self.max_length))
         result = {
@@ -64,6 +71,7 @@ class Teacher:
             "colbert_vectors": None if out.colbert_vectors is None else out.colbert_vectors[0],
         }
         result = {k: None if v is None else v.detach().to("cpu", copy=True) for k, v in result.items()}
+        self.seconds += time.perf_counter() - started
         size = sum(v.numel() * v.element_size() for v in result.values() if v is not None)
         if self.cached_bytes + size <= self.budget:
             self.cached[text] = result

@@ -110,6 +110,22 @@ def stop_if_not_finite(total: torch.Tensor, step: int, checkpoints: Path) -> Non
                         f"{kept}. Lower optimizer.lr or optimizer.gate_lr, or use precision fp32")
 
 
+def training_state(run: PruningRun) -> dict:
+    """What a checkpoint holds to resume `run` exactly: weights, gates, multipliers, optimizers, RNGs."""
+    state_of = lambda part: part.state_dict() if part is not None else None  # noqa: E731
+    return {"student_config": run.student.config.to_dict(), "student": run.student.state_dict(),
+            "masks": state_of(run.masks), "lagrangian": state_of(run.lagrangian),
+            "final_masks": run.final_masks.as_dict() if run.final_masks is not None else None,
+            "optimizer": run.optimizer.state_dict(), "lagrangian_optimizer": state_of(run.lagrangian_optimizer),
+            "rng": rng_state()}
+
+
+def out_of_memory_message(batch_size: int, length: int) -> str:
+    return (f"the GPU ran out of memory at batch_size={batch_size}, max_length={length}. Halve batch_size and raise "
+            "gradient_accumulation to keep the effective batch, set gradient_checkpointing: true, use precision "
+            "amp_bf16, or lower max_length")
+
+
 def plan_steps(config: RunConfig, steps_per_epoch: int, learns_masks: bool) -> tuple[int, int, int]:
     """(total steps, steps learning masks, steps over which the target ramps from the full size)."""
     count, unit = config.duration()
@@ -216,11 +232,7 @@ class PruningRun:
             self._fail(str(error))
             raise
         except torch.cuda.OutOfMemoryError:
-            message = (
-                f"the GPU ran out of memory at batch_size={self.config.batch_size}, max_length={self.inputs.length}. "
-                "Halve batch_size and raise gradient_accumulation to keep the effective batch, set "
-                "gradient_checkpointing: true, use precision amp_bf16, or lower max_length"
-            )
+            message = out_of_memory_message(self.config.batch_size, self.inputs.length)
             self._fail(message)
             raise TrainingError(message) from None
         except OSError as error:  # a full disk, a folder made read-only under the run
@@ -251,8 +263,15 @@ class PruningRun:
         self.final_masks = final_masks
         if self.accelerator.is_main_process:
             self.directory.write_final_masks(final_masks)
+        self._release_training_state()
         self._build_objective(prune_embedder(student, final_masks), None, None)
         self.timings["slicing"] = time.perf_counter() - started
+
+    def _release_training_state(self) -> None:
+        """The accelerator keeps what it prepared: the student and Adam states (GBs at BGE-M3's size) it
+        trained must not outlive their phase, beside the pruned student, the export and the evaluation."""
+        self.objective = self.optimizer = self.lagrangian_optimizer = self.scheduler = self.student = None
+        self.accelerator.free_memory()
 
     def _build_objective(self, student: Embedder, masks: L0Masks | None, lagrangian: Lagrangian | None) -> None:
         config = self.config
@@ -274,18 +293,8 @@ class PruningRun:
     def _save_checkpoint(self) -> Path | None:
         path = None
         if self.accelerator.is_main_process:
-            state = {
-                "student_config": self.student.config.to_dict(),
-                "student": self.student.state_dict(),
-                "masks": self.masks.state_dict() if self.masks is not None else None,
-                "lagrangian": self.lagrangian.state_dict() if self.lagrangian is not None else None,
-                "final_masks": self.final_masks.as_dict() if self.final_masks is not None else None,
-                "optimizer": self.optimizer.state_dict(),
-                "lagrangian_optimizer": self.lagrangian_optimizer.state_dict() if self.lagrangian_optimizer else None,
-                "rng": rng_state(),
-            }
-            path = save_checkpoint(self.directory.checkpoints, Checkpoint(self.step, self.phase, state, self.last_loss),
-                                   self.config.keep_checkpoints)
+            path = save_checkpoint(self.directory.checkpoints, Checkpoint(self.step, self.phase, training_state(self),
+                                                                          self.last_loss), self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -382,6 +391,7 @@ class PruningRun:
             if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
                 self._emit("checkpoint", message=str(self._save_checkpoint()))
         self.timings["steps"] = time.perf_counter() - started
+        self.timings["teacher"] = self.teacher.seconds  # within the steps: the teacher's outputs of new texts
         return True
 
     def _log_step(self, record: dict, progress) -> None:
@@ -405,6 +415,7 @@ class PruningRun:
 
     def _finish(self) -> RunResult:
         student = self.accelerator.unwrap_model(self.objective).student.eval()
+        self._release_training_state()
         export_dir = None
         if self.accelerator.is_main_process:
             started = time.perf_counter()

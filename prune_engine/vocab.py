@@ -38,7 +38,7 @@ from .accounting import SizeReport, Structure, size_report
 from .config import VocabConfig
 from .data import load_texts
 from .embedder import Embedder
-from .modeling_prunable_encoder import PrunableEncoderModel
+from .prune import encoder_with_weights
 
 TRIMMABLE_MODELS = ("Unigram", "WordPiece")
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
@@ -253,15 +253,11 @@ def trim_embedder(embedder: Embedder, plan: VocabularyPlan) -> Embedder:
             setattr(trimmed_config, key, plan.new_id(getattr(config, key)))
     if config.position_ids_from_padding and trimmed_config.pad_token_id != config.pad_token_id:
         raise ValueError("trimming would move the padding id, from which this model counts its positions")
-    # Copies of the weights (the kept rows only of the word embeddings), handed to an encoder built
-    # on the meta device: initialising weights that are overwritten at once cost seconds at BGE-M3's size.
+    # Copies of the weights (the kept rows only of the word embeddings).
     word_embeddings = "embeddings.word_embeddings.weight"
     kept = torch.as_tensor(plan.kept_ids, device=embedder.device)
     state = {k: v[kept] if k == word_embeddings else v.clone() for k, v in embedder.encoder.state_dict().items()}
-    with torch.device("meta"):
-        encoder = PrunableEncoderModel(trimmed_config)
-    encoder.load_state_dict(state, assign=True)
-    encoder.train(embedder.encoder.training)
+    encoder = encoder_with_weights(trimmed_config, state).train(embedder.encoder.training)
     return embedder.with_parts(encoder, trim_tokenizer(embedder.tokenizer, plan))
 
 

@@ -72,6 +72,7 @@ def test_overrides_replace_any_key_and_the_target_kind(tmp_path):
         ("optimizer.max_grad_norm=-1", "optimizer.max_grad_norm must be in [0.0, inf)"),
         ("loss.temperature=0", "loss.temperature must be in (0.0, inf)"),
         ("loss.task=-1", "loss.task must be in [0.0, inf)"),
+        ("documents_distractors=-1", "documents_distractors must be in [0.0, inf)"),
         ("batch_size=0", "batch_size must be in [2, inf), got 0"),
         ("batch_size=1", "batch_size must be in [2, inf), got 1"),
         ("max_train_examples=0", "max_train_examples must be in [2, inf)"),

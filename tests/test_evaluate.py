@@ -194,6 +194,14 @@ def test_eval_command_needs_data(capsys):
     assert "--dataset" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["eval", "onnx"])
+def test_a_negative_distractor_count_is_refused_before_anything_loads(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "minilm", "--documents", "corpus.txt", "--documents-distractors", "-1"])
+    assert exit_.value.code == 2
+    assert "--documents-distractors: expected a whole number, 0 or more, got '-1'" in capsys.readouterr().err
+
+
 def test_eval_command_reads_the_originals_encodings_from_its_cache(run_dir, sts_subset_file, monkeypatch, tmp_path, capsys):
     import prune_engine.evaluate as evaluate_module
     from prune_engine.encoding_cache import CACHE_ENV

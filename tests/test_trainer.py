@@ -16,6 +16,8 @@ from conftest import tiny_config
 
 from prune_engine.accounting import Structure, count_parameters
 from prune_engine.config import load_config
+from prune_engine.data import load_training_data
+from prune_engine.export import ORIGINAL_IDS_FILE
 from prune_engine.l0 import StructureMasks
 from prune_engine.run_dir import TrainingError
 from prune_engine.sources import load_embedder
@@ -98,6 +100,28 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_model_dir, tm
     )
 
 
+def test_the_mask_phase_student_and_optimizer_are_freed_when_masks_are_fixed(tiny_model_dir, tmp_path):
+    """The accelerator keeps everything it prepared: the mask phase's student and Adam states (GBs at
+    BGE-M3's size) must not live on beside the pruned student, the export and the evaluation."""
+    import gc
+    import weakref
+
+    alive: dict[str, list[bool]] = {}
+    mask_phase: list[weakref.ref] = []
+
+    def watch(event):
+        if event.kind == "start":
+            mask_phase.extend(weakref.ref(obj) for obj in (run.student, run.optimizer.optimizer, run.lagrangian_optimizer))
+        if event.kind in ("log", "done") and event.phase == "finetune" and event.kind not in alive:
+            gc.collect()
+            alive[event.kind] = [ref() is not None for ref in mask_phase]
+
+    run = PruningRun(tiny_config(tiny_model_dir, tmp_path / "run", "eval_splits=[]"), callbacks=[watch])
+    run.run()
+    assert len(mask_phase) == 3 and alive == {"log": [False] * 3, "done": [False] * 3}
+    assert run.optimizer is None and run.objective is None  # training's are released before the export too
+
+
 def test_a_finished_run_directory_is_not_overwritten(tiny_model_dir, tmp_path):
     config = tiny_config(tiny_model_dir, tmp_path / "run", "max_duration=4ba", "checkpoint_every=2")
     PruningRun(config).run()
@@ -157,9 +181,16 @@ def test_a_vocab_section_ships_a_trimmed_tokenizer_and_embeddings(tiny_model_dir
     assert 100 < kept < 30522 and info["parameters_after"]["embeddings"] == (kept + 64 + 2) * 32 + 2 * 32
     exported = load_embedder(str(result.export_dir), trust_remote_code=True)
     assert exported.config.vocab_size == kept and len(exported.tokenizer) == kept
+    original_ids = json.loads((result.export_dir / ORIGINAL_IDS_FILE).read_text())
+    source = load_embedder(str(tiny_model_dir)).tokenizer
+    for text in load_training_data("demo", "train").distinct_texts()[:8]:  # the vocabulary was counted on these
+        assert [original_ids[i] for i in exported.tokenizer(text)["input_ids"]] == source(text)["input_ids"]
     # The demo's own sentences are covered: the trimmed export embeds them as the untrimmed student did.
     report = json.loads((result.run_dir / "report.json").read_text())
     assert report["splits"]["test"]["metrics"]["mean_cosine_to_original"]["pruned"] > 0
+    timings = report["timings_s"]
+    assert {"load", "teacher", "steps", "slicing", "export", "evaluation"} <= set(timings)
+    assert 0 < timings["teacher"] < timings["steps"]
 
 
 def test_documents_join_every_batch_for_distillation_only(tiny_model_dir, tmp_path, monkeypatch):
@@ -181,7 +212,8 @@ def test_documents_join_every_batch_for_distillation_only(tiny_model_dir, tmp_pa
 
     monkeypatch.setattr(trainer, "make_batch", recording_make_batch)
     config = tiny_config(tiny_model_dir, tmp_path / "run", "eval_splits=[]", "max_duration=6ba",
-                         f"documents={tmp_path / 'passages.txt'}", "documents_per_batch=4", "vocab={min_freq: 1}")
+                         f"documents={tmp_path / 'passages.txt'}", "documents_per_batch=4", "vocab={min_freq: 1}",
+                         "documents_distractors=7")
     result = PruningRun(config).run()
     # The trimmed vocabulary counts the documents too: a word only they hold is not unknown.
     tokenizer = load_embedder(str(result.export_dir), trust_remote_code=True).tokenizer
@@ -195,6 +227,8 @@ def test_documents_join_every_batch_for_distillation_only(tiny_model_dir, tmp_pa
     # The held-out documents are scored without labels in the report.
     report = json.loads((result.run_dir / "report.json").read_text())
     assert report["documents"]["splits"] and not report["warnings"]
+    assert "20 pseudo-queries over 20 held-out passages + 7 of 40 distractors" in \
+        report["documents"]["splits"]["held_out"]["source"]
 
     schedule = BatchSchedule(240, split.training.texts(), 8, 4, config.seed)
     assert [t for step in range(6) for t in schedule.documents_of(step)] == drawn

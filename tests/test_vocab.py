@@ -16,7 +16,7 @@ from prune_engine.config import ConfigError, VocabConfig
 from prune_engine.data import load_eval_data, load_texts
 from prune_engine.embedder import Embedder
 from prune_engine.evaluate import evaluate
-from prune_engine.export import export_embedder, pruning_info
+from prune_engine.export import ORIGINAL_IDS_FILE, ExportError, export_embedder, pruning_info
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel
 from prune_engine.presets import ORIGINAL_PRESETS, bge_m3_config
 from prune_engine.sources import encoder_config_from_hf, load_embedder
@@ -149,6 +149,29 @@ def test_exported_trimmed_xlmr_loads_with_stock_tools_and_keeps_sparse_weights(
         after_by_string = {tokenizer.convert_ids_to_tokens(t): w for t, w in after.items()}
         assert after_by_string == pytest.approx(before_by_string, abs=TOLERANCE)
         assert plan.to_original_ids(after) == pytest.approx(before, abs=TOLERANCE)
+
+
+def test_an_export_maps_its_token_ids_to_the_sources(tmp_path, tiny_bge_m3, xlmr_train_plans):
+    """BGE-M3's lexical weights are keyed by token id: a trimmed export ships the source id of each of its
+    tokens, so its weights can be matched against an index the source model built."""
+    from transformers import AutoTokenizer
+
+    plan = xlmr_train_plans("en")
+    trimmed = trim_embedder(tiny_bge_m3, plan)
+    info = pruning_info(trimmed, "tiny-bge-m3", tiny_bge_m3.config, vocabulary=plan.summary())
+    with pytest.raises(ExportError, match=f"original_ids has {plan.vocab_size - 1:,} entries"):
+        export_embedder(trimmed, tmp_path / "wrong", info, original_ids=plan.kept_ids[:-1])
+    assert not (tmp_path / "wrong").exists()
+    directory = export_embedder(trimmed, tmp_path / "trimmed", info, original_ids=plan.kept_ids)
+    original_ids = json.loads((directory / ORIGINAL_IDS_FILE).read_text())
+    assert original_ids == plan.kept_ids.tolist() and ORIGINAL_IDS_FILE in (directory / "README.md").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    for text in covered_texts(tiny_bge_m3.tokenizer, plan, sts_texts("en", "test"))[:8]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids != tiny_bge_m3.tokenizer(text)["input_ids"]  # renumbered ...
+        assert [original_ids[i] for i in ids] == tiny_bge_m3.tokenizer(text)["input_ids"]  # ... and mapped back
+    untrimmed = export_embedder(tiny_bge_m3, tmp_path / "untrimmed", pruning_info(tiny_bge_m3, "tiny-bge-m3", tiny_bge_m3.config))
+    assert not (untrimmed / ORIGINAL_IDS_FILE).exists()
 
 
 def test_exported_trimmed_minilm_loads_with_stock_tools(tmp_path, minilm, minilm_plan):

@@ -14,7 +14,7 @@ from prune_engine.documents import HELD_OUT_SHARE, load_documents, split_documen
 from prune_engine.embedder import Embedder
 from prune_engine.encoding_cache import EncodingCache
 from prune_engine.evaluate import compare
-from prune_engine.label_free import held_out_task, label_free_report
+from prune_engine.label_free import MAX_DISTRACTORS, held_out_task, label_free_report
 from prune_engine.sources import resolve_model_dir
 
 from .runs import EVALUATION_FILE, RunRecord, WorkbenchError
@@ -57,7 +57,7 @@ def evaluate_run(record: RunRecord, original: Embedder, pruned: Embedder, datase
     if dataset:
         result["report"] = compare(original, pruned, dataset, splits, batch_size, original_cache=cache)
     if split is not None:
-        result["documents"] = label_free_report(original, pruned, held_out_task(split), batch_size, original_cache=cache)
+        result["documents"] = label_free_report(original, pruned, held_out_task(split, max_distractors=config.documents_distractors if config else MAX_DISTRACTORS), batch_size, original_cache=cache)
     result["speed"] = measure_speedup(original, pruned, texts[:SPEED_TEXTS], batch_size)
     write_json_atomic(record.path / EVALUATION_FILE, result)
     return result

@@ -150,18 +150,34 @@ class PruningRun:
         self.cancel = cancel or threading.Event()
         self.show_progress = show_progress
         self.allow_config_change = allow_config_change
-        mixed = {"fp32": "no", "amp_bf16": "bf16", "amp_fp16": "fp16"}[config.precision]
-        if mixed == "fp16" and not torch.cuda.is_available():
+        if config.precision == "amp_fp16" and not torch.cuda.is_available():
             raise TrainingError("precision amp_fp16 needs a GPU; on CPU use fp32 or amp_bf16")
-        self.accelerator = Accelerator(
-            mixed_precision=mixed, gradient_accumulation_steps=config.gradient_accumulation,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        )
+        # bf16 autocast is the run's own (`autocast`): Accelerate keeps one mixed precision per
+        # process, and the workbench trains runs of different precisions in one process. fp16
+        # stays with Accelerate, which owns its loss scaler.
+        try:
+            self.accelerator = Accelerator(
+                mixed_precision="fp16" if config.precision == "amp_fp16" else "no",
+                gradient_accumulation_steps=config.gradient_accumulation,
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            )
+        except ValueError as error:
+            if "already been initialized" not in str(error):
+                raise
+            raise TrainingError(
+                "an amp_fp16 run and an fp32 or amp_bf16 run cannot train in one process (Accelerate keeps "
+                "one mixed precision per process): use amp_bf16, or start this run from the CLI") from None
         self.step, self.total_steps, self.phase = 0, 0, "mask"
         self.final_masks: StructureMasks | None = None
         self.masks: L0Masks | None = None
         self.last_loss = float("nan")
         self.timings: dict[str, float] = {}
+
+    def autocast(self):
+        """The context the student's and the teacher's forward passes run in."""
+        if self.config.precision == "amp_bf16":
+            return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16)
+        return self.accelerator.autocast()
 
     # ----------------------------------------------------------------- events and status
     def _emit(self, kind: str, metrics: dict | None = None, gates: dict | None = None, message: str = "") -> None:
@@ -329,9 +345,10 @@ class PruningRun:
             batch = make_batch(self.inputs.data, micro, documents[part :: len(micro_batches)])
             with self.accelerator.accumulate(self.objective):
                 groups = [self.student.tokenize(texts, self.inputs.length) for texts in batch.padding_groups]
-                teacher_outs = [self.teacher.outputs(texts, features, self.accelerator.autocast)
+                teacher_outs = [self.teacher.outputs(texts, features, self.autocast)
                                 for texts, features in zip(batch.padding_groups, groups, strict=True)]
-                losses = self.objective(groups, batch, teacher_outs, ramp)
+                with self.autocast():
+                    losses = self.objective(groups, batch, teacher_outs, ramp)
                 stop_if_not_finite(losses["total"], self.step, self.directory.checkpoints)
                 self.accelerator.backward(losses["total"])
                 if self.accelerator.sync_gradients and self.config.optimizer.max_grad_norm > 0:

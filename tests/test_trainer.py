@@ -122,6 +122,22 @@ def test_the_mask_phase_student_and_optimizer_are_freed_when_masks_are_fixed(tin
     assert run.optimizer is None and run.objective is None  # training's are released before the export too
 
 
+def first_loss(run_dir: Path) -> float:
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss/total"]
+
+
+def test_runs_of_different_precisions_train_one_after_another_in_one_process(tiny_model_dir, tmp_path):
+    """The workbench trains its runs in one process, and Accelerate keeps one mixed precision per
+    process: an amp_bf16 run after an fp32 one used to fail before its first step."""
+    fp32 = PruningRun(tiny_config(tiny_model_dir, tmp_path / "fp32", "eval_splits=[]")).run()
+    bf16 = PruningRun(tiny_config(tiny_model_dir, tmp_path / "bf16", "eval_splits=[]", "precision=amp_bf16")).run()
+    again = PruningRun(tiny_config(tiny_model_dir, tmp_path / "again", "eval_splits=[]")).run()
+    # The same first step, computed in bfloat16: close to fp32's, not equal (autocast is on).
+    assert first_loss(again.run_dir) == first_loss(fp32.run_dir)
+    difference = abs(first_loss(bf16.run_dir) - first_loss(fp32.run_dir))
+    assert 0 < difference < 0.05 * first_loss(fp32.run_dir)
+
+
 def test_a_finished_run_directory_is_not_overwritten(tiny_model_dir, tmp_path):
     config = tiny_config(tiny_model_dir, tmp_path / "run", "max_duration=4ba", "checkpoint_every=2")
     PruningRun(config).run()

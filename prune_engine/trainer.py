@@ -134,15 +134,35 @@ def plan_steps(config: RunConfig, steps_per_epoch: int, learns_masks: bool) -> t
     return total, mask_steps, max(1, round(mask_steps * config.target_warmup_fraction))
 
 
+def make_accelerator(config: RunConfig):
+    """Accelerate for devices and processes. bf16 autocast is the run's own (`PruningRun.autocast`):
+    Accelerate keeps one mixed precision per process, and the workbench trains runs of different
+    precisions in one process. fp16 stays with Accelerate, which owns its loss scaler."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if config.precision == "amp_fp16" and not torch.cuda.is_available():
+        raise TrainingError("precision amp_fp16 needs a GPU; on CPU use fp32 or amp_bf16")
+    try:
+        return Accelerator(
+            mixed_precision="fp16" if config.precision == "amp_fp16" else "no",
+            gradient_accumulation_steps=config.gradient_accumulation,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+    except ValueError as error:
+        if "already been initialized" not in str(error):
+            raise
+        raise TrainingError(
+            "an amp_fp16 run and an fp32 or amp_bf16 run cannot train in one process (Accelerate keeps "
+            "one mixed precision per process): use amp_bf16, or start this run from the CLI") from None
+
+
 class PruningRun:
     """One run in one directory. `cancel` (a threading.Event) is checked every step."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callable[[TrainingEvent], None]] = (), cancel: threading.Event | None = None,
                  show_progress: bool = False, allow_config_change: bool = False):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         self.config = config
         self.directory = RunDirectory(run_dir or config.output_dir)
         self.run_dir = self.directory.path
@@ -150,23 +170,7 @@ class PruningRun:
         self.cancel = cancel or threading.Event()
         self.show_progress = show_progress
         self.allow_config_change = allow_config_change
-        if config.precision == "amp_fp16" and not torch.cuda.is_available():
-            raise TrainingError("precision amp_fp16 needs a GPU; on CPU use fp32 or amp_bf16")
-        # bf16 autocast is the run's own (`autocast`): Accelerate keeps one mixed precision per
-        # process, and the workbench trains runs of different precisions in one process. fp16
-        # stays with Accelerate, which owns its loss scaler.
-        try:
-            self.accelerator = Accelerator(
-                mixed_precision="fp16" if config.precision == "amp_fp16" else "no",
-                gradient_accumulation_steps=config.gradient_accumulation,
-                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            )
-        except ValueError as error:
-            if "already been initialized" not in str(error):
-                raise
-            raise TrainingError(
-                "an amp_fp16 run and an fp32 or amp_bf16 run cannot train in one process (Accelerate keeps "
-                "one mixed precision per process): use amp_bf16, or start this run from the CLI") from None
+        self.accelerator = make_accelerator(config)
         self.step, self.total_steps, self.phase = 0, 0, "mask"
         self.final_masks: StructureMasks | None = None
         self.masks: L0Masks | None = None

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +21,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.accounting import count_parameters  # noqa: E402
 from prune_engine.l0 import L0Masks  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=0.5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    load_before = os.getloadavg()[0]
+    environment = describe()
     encoder = load_embedder("minilm").encoder.eval()
     config = encoder.config
     budget = ParameterBudget.from_fraction(config, args.keep)
@@ -73,10 +73,8 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     summary = {f"batch{b}_median_speedup": statistics.median(r[f"batch{b}_aligned_speedup"] for r in rows) for b in (32, 1)}
-    result = {"machine": f"{platform.machine()}, {platform.processor()}", "threads": 1, "clock": "cpu",
-              "budget_encoder_parameters": budget.parameters, "multiple": args.multiple, "rows": rows, **summary,
-              "load_average": [load_before, os.getloadavg()[0]],
-              "command": " ".join(["python", "benchmarks/alignment.py", *sys.argv[1:]])}
+    result = {"environment": finished(environment), "clock": "cpu", "budget_encoder_parameters": budget.parameters,
+              "multiple": args.multiple, "rows": rows, **summary}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "alignment_cpu.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(summary, indent=2))

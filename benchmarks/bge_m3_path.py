@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.export import ORIGINAL_IDS_FILE  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
@@ -244,14 +245,6 @@ def verify_export(run_dir: Path, source: str = BGE_M3_HUB_ID, per_language: int 
     return result
 
 
-def environment() -> dict:
-    processor = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
-    return {"machine": platform.machine(), "processor": processor, "cpus": os.cpu_count(),
-            "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None, "torch": torch.__version__,
-            "load_average": os.getloadavg(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, required=True, help="a new folder outside the repository (run, log, caches)")
@@ -262,6 +255,7 @@ def main() -> int:
     if os.environ.get("HF_HUB_OFFLINE") != "1" or not os.environ.get("HF_HUB_CACHE"):
         parser.error("set HF_HUB_CACHE to the stand-in's cache and HF_HUB_OFFLINE=1 (see the docstring)")
     args.work_dir.mkdir(parents=True)
+    environment = describe()
     env = {**os.environ, "PRUNE_ENGINE_CACHE": str(args.work_dir / "cache")}  # the original's encodings: not the user's cache
     run = run_cli(args.work_dir / "run", env=env)
     print(json.dumps(run), flush=True)
@@ -271,7 +265,7 @@ def main() -> int:
     started = time.perf_counter()
     checks = verify_export(args.work_dir / "run")
     print(json.dumps(checks), flush=True)
-    result = {"environment": environment(), "run": run, **figures, "export_check": checks,
+    result = {"environment": finished(environment), "run": run, **figures, "export_check": checks,
               "export_check_s": round(time.perf_counter() - started, 1), "tolerance": TOLERANCE}
     worst = max(d for c in checks.values() for d in c["max_abs_difference"].values())
     result["export_equals_masked_model"] = worst <= TOLERANCE

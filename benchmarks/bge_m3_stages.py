@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -31,6 +30,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.config import VocabConfig  # noqa: E402
 from prune_engine.export import export_embedder, pruning_info  # noqa: E402
@@ -65,13 +66,6 @@ def stage(name: str, rows: list[dict]):
     print(json.dumps(row), flush=True)
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def texts_of_about(tokenizer, language: str, count: int = 4, tokens: int = TEXT_TOKENS) -> list[str]:
     """`count` texts of about `tokens` tokens each: consecutive STS-B test sentences joined."""
     with (DATA_DIR / "stsb" / f"stsb-{language}-test.tsv").open(encoding="utf-8", newline="") as handle:
@@ -96,6 +90,7 @@ def main() -> int:
         parser.error(f"{args.out_dir} exists: give a new folder (the benchmark removes only what it writes there)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows: list[dict] = []
+    environment = describe()
     with stage("load_embedder('BAAI/bge-m3')", rows):
         embedder = load_embedder(BGE_M3_HUB_ID)
     for language in LANGUAGES:
@@ -115,9 +110,7 @@ def main() -> int:
             export_embedder(embedder, args.out_dir / "full", pruning_info(embedder, BGE_M3_HUB_ID, embedder.config))
     finally:
         shutil.rmtree(args.out_dir)
-    environment = {"machine": platform.machine(), "processor": cpu_model(), "cpus": os.cpu_count(),
-                   "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average": os.getloadavg()}
-    args.json.write_text(json.dumps({"environment": environment, "stages": rows}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"environment": finished(environment), "stages": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced, layer_drop_masks  # noqa: E402
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.data import RetrievalTask, load_eval_data, shared_data_dir  # noqa: E402
 from prune_engine.documents import load_documents, split_documents  # noqa: E402
@@ -150,7 +150,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {over} | {stats['models']} | {stats['max_abs_difference_points']:.1f} | " + " | ".join(cells) + " |")
     environment = result["environment"]
     lines += ["", "n/a: fewer than three models, or the figure is the same for every model.", "",
-              f"`{environment['command']}` on {environment['machine']}, {environment['wall_s']} s, "
+              f"`{environment['command']}` on {environment['machine']}, {environment['threads']} thread(s), torch "
+              f"{environment['torch']}, {environment['wall_s']} s, "
               f"load average {environment['load_before'][0]} before, {environment['load_after'][0]} after."]
     return "\n".join(lines)
 
@@ -182,9 +183,7 @@ def main() -> None:
     if any(not 1 <= k <= 6 for k in args.keep + args.first):
         parser.error("--keep and --first take layer counts from 1 to 6")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    environment = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                              f"torch {torch.__version__}", "load_before": [round(x, 2) for x in os.getloadavg()],
-                   "command": " ".join(sys.argv), "settings": {k: v for k, v in vars(args).items() if k != "table"}}
+    environment = {**describe(), "settings": {k: v for k, v in vars(args).items() if k != "table"}}
     start = time.perf_counter()
     original = load_embedder("minilm", max_length=args.max_length).eval()
     models = models_to_compare(original, args.keep, args.first, args.model, args.max_length)
@@ -194,7 +193,7 @@ def main() -> None:
         rows += more
     stats = {name: agreement([r for r in rows if r["dataset"] == name]) for name in args.datasets}
     stats["all"] = agreement(rows)
-    environment.update(load_after=[round(x, 2) for x in os.getloadavg()], wall_s=round(time.perf_counter() - start))
+    environment = {**finished(environment), "wall_s": round(time.perf_counter() - start)}
     result = {"environment": environment, "label_free_tasks": sources, "rows": rows, "agreement": stats}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(result, indent=2))

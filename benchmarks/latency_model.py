@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,9 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import describe, finished  # noqa: E402
+
 from prune_engine.accounting import count_parameters, flops_per_token  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
-from prune_engine.latency import LatencyModel, calibrate, machine_description, time_interleaved  # noqa: E402
+from prune_engine.latency import LatencyModel, calibrate, time_interleaved  # noqa: E402
 from prune_engine.presets import bge_m3_config  # noqa: E402
 from prune_engine.prune import prune_encoder  # noqa: E402
 from prune_engine.sources import bundled_minilm_dir, load_encoder  # noqa: E402
@@ -216,18 +217,13 @@ def main() -> None:
     if "cpu" in args.clocks and args.threads != 1:
         parser.error("--clocks cpu measures CPU time, a latency only with --threads 1")
     torch.set_num_threads(args.threads)
-    environment = {
-        "command": "python benchmarks/latency_model.py " + " ".join(sys.argv[1:]),
-        "machine": machine_description(torch.device("cpu")), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
+    environment = describe()
     report = {"environment": environment, "clocks": {}}
     for clock in args.clocks:
         report["clocks"][clock] = {"minilm": minilm_section(args.structures, args.seed, clock)}
         if not args.skip_bge_m3:
             report["clocks"][clock]["bge_m3"] = bge_m3_section(args.seed, clock)
-    environment["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    finished(environment)
     RESULTS.mkdir(parents=True, exist_ok=True)
     table = markdown(report)
     write_atomic(RESULTS / "latency_model_cpu.json", json.dumps(report, indent=2))

@@ -29,8 +29,9 @@ can run side by side (one thread each) and an interrupted table goes on where it
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
-import platform
+import os
 import statistics
 import sys
 import time
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget  # noqa: E402
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.batches import make_batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
@@ -154,12 +156,17 @@ def load_rows(results: Path) -> dict:
     return json.loads(results.read_text())["rows"] if results.is_file() else {}
 
 
-def save_row(results: Path, key: str, row: dict, machine: str) -> None:
-    """Re-reads the file first, so invocations for other rows can run beside this one."""
-    rows = {**load_rows(results), key: row}
-    partial = results.with_suffix(".json.partial")
-    partial.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    partial.replace(results)
+def save_row(results: Path, key: str, row: dict, environment: dict) -> None:
+    """Re-reads the file under a lock first, so invocations for other rows can run beside this one."""
+    folder = os.open(results.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        rows = {**load_rows(results), key: row}
+        partial = results.with_name(f".{results.name}.partial-{os.getpid()}")
+        partial.write_text(json.dumps({"environment": environment, "rows": rows}, indent=2))
+        partial.replace(results)
+    finally:
+        os.close(folder)  # releases the lock
     print(f"{key}: {row}", flush=True)
 
 
@@ -253,11 +260,11 @@ def main() -> None:
         return
     runs = ROOT / "runs" / args.name
     runs.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    command = " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])
+    environment = describe()
+    command = environment["command"]
     scorer = Scorer()
     if "original" not in load_rows(results):
-        save_row(results, "original", scorer.reference(), machine)
+        save_row(results, "original", scorer.reference(), finished(environment))
     for documents in args.documents:
         for keep in ([1.0] if args.methods == ["unpruned"] else args.keep):
             for method in args.methods:
@@ -280,7 +287,7 @@ def main() -> None:
                                                       f"max_duration={steps}ba", *overrides, *args.set])
                         row = scorer(model, run_dir, wall)
                     save_row(results, key, {**row, "steps": steps if run_dir else 0, "command": command,
-                                            "run_dir": str(run_dir.relative_to(ROOT)) if run_dir else None}, machine)
+                                            "run_dir": str(run_dir.relative_to(ROOT)) if run_dir else None}, finished(environment))
     print(markdown_table(load_rows(results)))
 
 

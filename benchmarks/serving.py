@@ -24,7 +24,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced  # noqa: E402
+from machine import describe, finished  # noqa: E402
 
 from prune_engine import serving  # noqa: E402
 from prune_engine.data import load_eval_data  # noqa: E402
@@ -144,20 +144,8 @@ def quality(models: dict, scifact: bool) -> dict[str, dict[str, float]]:
 def environment(args) -> dict:
     import onnxruntime
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine())
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "load_before": [round(x, 2) for x in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "command": " ".join(["python", *sys.argv]),
-        "pruned_model": args.export or "UNTRAINED: layers 1, 3, 5 of all-MiniLM-L6-v2, no fine-tuning",
-    }
+    return {**describe(), "onnxruntime": onnxruntime.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "pruned_model": args.export or "UNTRAINED: layers 1, 3, 5 of all-MiniLM-L6-v2, no fine-tuning"}
 
 
 def variants(original, export_dir: Path) -> tuple[dict, dict[str, float | None]]:
@@ -219,7 +207,7 @@ def goals(rows: list[dict]) -> dict:
 def markdown(rows: list[dict], goal: dict, env: dict) -> str:
     scifact = any("scifact_ndcg_at_10" in row for row in rows)
     lines = [
-        f"CPU: {env['cpu']} ({env['cpu_count']} cores), {env['threads']} thread(s); torch {env['torch']}, "
+        f"CPU: {env['machine']}, {env['threads']} thread(s); torch {env['torch']}, "
         f"onnxruntime {env['onnxruntime']}; load average {env['load_before']} before, {env['load_after']} after; "
         f"{env['date']}.",
         f"Pruned model: {env['pruned_model']}.",
@@ -282,7 +270,7 @@ def study(export_dir: Path, work: Path) -> list[dict]:
 
 def study_markdown(rows: list[dict], env: dict) -> str:
     lines = [
-        f"CPU: {env['cpu']}, {env['threads']} thread(s), onnxruntime {env['onnxruntime']}; load average "
+        f"CPU: {env['machine']}, {env['threads']} thread(s), onnxruntime {env['onnxruntime']}; load average "
         f"{env['load_before']} before, {env['load_after']} after; {env['date']}. Model: {env['pruned_model']}.",
         f"Command: `{env['command']}`",
         "",
@@ -322,7 +310,7 @@ def main() -> None:
         rows = serving_rows(models, sizes, args.scifact)
         goal = goals(rows)
         study_rows = study(export_dir, Path(work)) if args.study else None
-    env["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    finished(env)
     write("serving_cpu", {"environment": env, "rows": rows, "goals": goal}, markdown(rows, goal, env))
     if study_rows:
         write("serving_quantization_cpu", {"environment": env, "rows": study_rows}, study_markdown(study_rows, env))

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced  # noqa: E402
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.accounting import Structure, count_parameters, flops_per_token  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
@@ -168,7 +167,7 @@ def family_rows(family: str, original: PrunableEncoderModel, shapes: list[Shape]
 
 def markdown(rows: list[dict], environment: dict) -> str:
     lines = [
-        f"Device: {environment['device']} ({environment['dtype']}), torch {environment['torch']}, "
+        f"Device: {environment['machine']} ({environment['dtype']}), torch {environment['torch']}, "
         f"{environment['threads']} threads; load average {environment['load_before']} before, "
         f"{environment['load_after']} after.",
         "",
@@ -199,21 +198,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    environment = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
-        "dtype": str(dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_before": [round(x, 2) for x in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
+    environment = {**describe(device), "dtype": str(dtype).removeprefix("torch.")}
     rows = []
     if "minilm" in args.models:
         rows += family_rows("minilm", load_encoder(bundled_minilm_dir()), MINILM_SHAPES, device, dtype)
     if "bge-m3" in args.models:
         rows += family_rows("bge-m3", PrunableEncoderModel(bge_m3_config()), BGE_M3_SHAPES, device, dtype)
-    environment["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    finished(environment)
     RESULTS.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, environment)
     name = f"speed_{device.type}" + (f"_{args.threads}thread" if args.threads else "")

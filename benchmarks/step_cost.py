@@ -25,8 +25,6 @@ import argparse
 import contextlib
 import copy
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +35,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.batches import Batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> None:
     }
     seconds: dict[str, list[float]] = {name: [] for name in timed_work}
     peak: dict[str, float] = dict.fromkeys(timed_work, 0.0)
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    environment = describe(device)
     for round_index in range(args.rounds + 1):  # round 0 warms up (optimizer state, kernels)
         for name, work in timed_work.items():
             elapsed, extra = timed(work, device)
@@ -151,15 +151,7 @@ def main() -> None:
                 seconds[name].append(elapsed)
     teacher_seconds, plain, pruning = (statistics.median(seconds[name]) for name in timed_work)
     result = {
-        "environment": {
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
-            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "load_before": load_before,
-            "load_after": [round(x, 2) for x in os.getloadavg()],
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-        },
+        "environment": {**finished(environment), "precision": "bf16 autocast" if device.type == "cuda" else "fp32"},
         "model": model_name,
         "batch_pairs": n,
         "length": config.max_length,
@@ -178,7 +170,7 @@ def main() -> None:
                   f"pruning {peak['pruning']:.1f} GiB")
     summary = (
         f"{model_name}, {2 * n} texts x {config.max_length} tokens, {result['environment']['precision']} on "
-        f"{result['environment']['device']} ({result['environment']['threads']} threads, load {load_before}): "
+        f"{environment['machine']} ({environment['threads']} threads, load {environment['load_before']}): "
         f"plain step {result['plain_step_ms']:.0f} ms, pruning step {result['pruning_step_ms']:.0f} ms "
         f"(x{result['pruning_over_plain']:.2f}); teacher forward {result['teacher_forward_ms']:.0f} ms{memory}."
     )

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe, finished  # noqa: E402
 
 from prune_engine.batches import BatchSchedule, make_batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    load_before = os.getloadavg()[0]
+    environment = describe()
     with tempfile.TemporaryDirectory() as workspace:
         config = load_config(ROOT / "configs" / "minilm_documents.yaml", [f"documents={DOCUMENTS}"])
         inputs = load_inputs(config, RunDirectory(workspace))
@@ -105,15 +105,14 @@ def main() -> None:
     base = rows["recomputed"]["cpu_s"]
     for row in rows.values():
         row["relative_to_recomputed"] = row["cpu_s"] / base
-    result = {"machine": f"{platform.machine()}, {platform.processor()}", "threads": 1, "torch": torch.__version__,
-              "load_average": [load_before, os.getloadavg()[0]], "length": inputs.length,
-              "command": " ".join(["python", "benchmarks/step_time.py", *sys.argv[1:]]), "rows": rows}
+    result = {"environment": finished(environment), "length": inputs.length, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "step_time_cpu.json").write_text(json.dumps(result, indent=2))
     lines = ["| step | median step, CPU s | median step, wall s | vs recomputed |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['relative_to_recomputed']:.2f}x |" for name, r in rows.items()]
-    (RESULTS / "step_time_cpu.md").write_text("\n".join(lines) + f"\n\n`{result['command']}`; load average "
-                                              f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}\n")
+    (RESULTS / "step_time_cpu.md").write_text(
+        "\n".join(lines) + f"\n\n`{environment['command']}` on {environment['machine']}, one thread; load average "
+        f"{environment['load_before'][0]:.1f} -> {environment['load_after'][0]:.1f}\n")
     print("\n".join(lines))
 
 

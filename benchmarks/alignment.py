@@ -22,8 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, finished  # noqa: E402
-
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.accounting import count_parameters  # noqa: E402
 from prune_engine.l0 import L0Masks  # noqa: E402
 from prune_engine.latency import random_tokens, time_interleaved  # noqa: E402

@@ -36,8 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, finished  # noqa: E402
-
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.export import ORIGINAL_IDS_FILE  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
 from prune_engine.prune import _HEAD_COLUMNS, _HEAD_ROWS, _NEURON_COLUMNS, _NEURON_ROWS  # noqa: E402

@@ -31,8 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, finished  # noqa: E402
-
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.config import VocabConfig  # noqa: E402
 from prune_engine.export import export_embedder, pruning_info  # noqa: E402
 from prune_engine.sources import BGE_M3_HUB_ID, load_embedder  # noqa: E402

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced, layer_drop_masks  # noqa: E402
-from machine import describe, finished  # noqa: E402
 
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.data import RetrievalTask, load_eval_data, shared_data_dir  # noqa: E402
 from prune_engine.documents import load_documents, split_documents  # noqa: E402
 from prune_engine.embedder import Encoded  # noqa: E402

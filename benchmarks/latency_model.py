@@ -30,8 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, finished  # noqa: E402
-
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.accounting import count_parameters, flops_per_token  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
 from prune_engine.latency import LatencyModel, calibrate, time_interleaved  # noqa: E402

@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget  # noqa: E402
-from machine import describe, finished  # noqa: E402
 
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.batches import make_batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
 from prune_engine.data import load_eval_data, load_training_data  # noqa: E402

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced  # noqa: E402
-from machine import describe, finished  # noqa: E402
 
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine import serving  # noqa: E402
 from prune_engine.data import load_eval_data  # noqa: E402
 from prune_engine.evaluate import evaluate  # noqa: E402

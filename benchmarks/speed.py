@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import evenly_spaced  # noqa: E402
-from machine import describe, finished  # noqa: E402
 
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.accounting import Structure, count_parameters, flops_per_token  # noqa: E402
 from prune_engine.l0 import StructureMasks  # noqa: E402
 from prune_engine.modeling_prunable_encoder import PrunableEncoderModel  # noqa: E402

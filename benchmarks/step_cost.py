@@ -36,8 +36,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, finished  # noqa: E402
-
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.batches import Batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
 from prune_engine.embedder import Embedder  # noqa: E402

@@ -32,8 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, finished  # noqa: E402
-
+from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.batches import BatchSchedule, make_batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
 from prune_engine.run_dir import RunDirectory  # noqa: E402

@@ -358,7 +358,7 @@ class LatencyTarget:
     def gaps(self, masks: L0Masks, ramp: float = 1.0) -> torch.Tensor:
         expected = masks.expected_structure()
         seconds = self.model.expected(expected["layer_keep"], expected["heads"], expected["ffn"])
-        full = self.model.full_latency
+        full = self.model.predict(self.model.full_structure)  # the expected time's own scale at the start
         return ((seconds - _ramped(full, self.seconds, ramp)) / full).reshape(1)
 
     def final_masks(self, masks: L0Masks, align: Alignment | None = None) -> StructureMasks:

@@ -136,7 +136,10 @@ def check_calibrated(model: LatencyModel, config: PrunableEncoderConfig, batch: 
     assert (conditions.threads, conditions.torch_version, conditions.dtype) == (1, torch.__version__, "float32")
     assert conditions.clock == clock
     report = model.fit
-    assert report.rounds == rounds and len(report.calibration) == 7
+    assert report.rounds == rounds and len(report.calibration) == 8
+    # The unpruned model is timed too: speedups are against its measured time, not an extrapolation.
+    assert report.calibration[-1].structure == model.full_structure
+    assert model.full_latency == model.full_measured == report.calibration[-1].measured
     for measurement in report.calibration + report.held_out:
         assert measurement.measured > 0
         assert measurement.predicted == pytest.approx(model.predict(measurement.structure))
@@ -191,6 +194,8 @@ def test_json_round_trip(tmp_path):
     assert json.loads(path.read_text())["conditions"]["batch_size"] == 1
     assert not (tmp_path / "latency.json.tmp").exists()
     assert LatencyModel.from_dict(hand_model(config).to_dict()) == hand_model(config)
+    older = LatencyModel.from_dict({k: v for k, v in model.to_dict().items() if k != "full_measured"})
+    assert older.full_latency == pytest.approx(older.predict(older.full_structure))  # a file from before it
     with pytest.raises(ValueError, match=r"missing \['per_neuron'\]"):
         LatencyModel.from_dict({k: v for k, v in model.to_dict().items() if k != "per_neuron"})
 

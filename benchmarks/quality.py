@@ -17,13 +17,17 @@ Scores: STS-B test Spearman, SciFact test and TREC DL 2019 nDCG@10 (and pruned q
 the original's document vectors), the run's own label-free retention on its held-out documents,
 and the measured speedup.
 
+    python benchmarks/quality.py --jobs 2         # the whole table, two rows side by side
+    python benchmarks/quality.py --pending        # the rows still to run
     python benchmarks/quality.py --documents scifact --keep 0.5 --methods l0 --seeds 42 1
     python benchmarks/quality.py --table          # the table RESULTS.md leads with
     python benchmarks/quality.py --plot           # results/quality_documents_curve.png
 
-Steps: 1,000 at half the encoder and for the unpruned row, 600 otherwise (--steps overrides).
-Finished runs in runs/<name>/ are reused and rows are saved as soon as measured, so invocations
-can run side by side (one thread each) and an interrupted table goes on where it stopped.
+The whole table (no --keep): both corpora, every method at half and a third of the encoder, L0
+also at 0.75 and 0.2, two seeds per trained row. Steps: 1,000 at half the encoder and for the
+unpruned row, 600 otherwise (--steps overrides). Finished runs in runs/<name>/ are reused and
+rows are saved as soon as measured, so invocations can run side by side (one thread each) and an
+interrupted table goes on where it stopped: CPU time is spread over as many sittings as it takes.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import fcntl
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,9 +47,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from baselines import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget  # noqa: E402
-
+from benchmarks.baselines import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget  # noqa: E402
 from benchmarks.machine import describe, finished  # noqa: E402
+from prune_engine.atomic import write_text_atomic  # noqa: E402
 from prune_engine.batches import make_batch  # noqa: E402
 from prune_engine.config import load_config  # noqa: E402
 from prune_engine.data import load_eval_data, load_training_data  # noqa: E402
@@ -143,7 +148,7 @@ def structure_overrides(method: str, keep: float, masks_dir: Path, original) -> 
     else:
         return None
     path = masks_dir / f"{method}_keep{round(keep * 100)}.masks.json"
-    path.write_text(json.dumps(masks.as_dict()))
+    write_text_atomic(path, json.dumps(masks.as_dict()))  # rows side by side may write it at once
     return [f"fixed_masks={path}", "target_params=null"]
 
 
@@ -240,15 +245,77 @@ def plot(rows: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+TABLE_KEEPS = (0.5, 1 / 3)  # every method
+CURVE_KEEPS = (0.75, 0.2)  # L0 alone, to draw its curve
+
+
+def planned_rows(documents: list[str], methods: list[str], keeps: list[float] | None,
+                 seeds: list[int]) -> list[tuple[str, str, float, int | None]]:
+    """(documents, method, keep, seed) of every row asked for, in the order they run. No keeps
+    given: the whole table, every method at TABLE_KEEPS and L0 also at CURVE_KEEPS."""
+    rows = []
+    for docs in documents:
+        if "unpruned" in methods:  # its size is the original's: one row per seed, whatever the targets
+            rows += [(docs, "unpruned", 1.0, seed) for seed in seeds]
+        for keep in keeps or (*TABLE_KEEPS, *CURVE_KEEPS):
+            for method in methods:
+                if method == "unpruned" or (keeps is None and keep in CURVE_KEEPS and method != "l0"):
+                    continue
+                rows += [(docs, method, keep, None)] if method == "layer_drop" else [(docs, method, keep, seed) for seed in seeds]
+    return rows
+
+
+def run_row(scorer: Scorer, runs: Path, results: Path, environment: dict, row_spec: tuple, steps: int | None,
+            overrides_for_all: list[str]) -> None:
+    documents, method, keep, seed = row_spec
+    overrides = structure_overrides(method, keep, runs, scorer.original)
+    steps = steps or (1000 if method == "unpruned" or abs(keep - 0.5) < 1e-9 else 600)
+    key = row_key(documents, method, keep, seed)
+    if overrides is None:  # untrained layer drop
+        layers = evenly_spaced(scorer.original.config.num_hidden_layers,
+                               max(1, round(scorer.original.config.num_hidden_layers * keep)))
+        model = prune_embedder(scorer.original, layer_drop_masks(scorer.original.config, layers))
+        row, run_dir = scorer(model, None, 0.0), None
+    else:
+        run_dir = runs / key.replace("/", "_")
+        model, wall = train(run_dir, [f"documents={DOCUMENTS[documents]}", f"seed={seed}",
+                                      f"max_duration={steps}ba", *overrides, *overrides_for_all])
+        row = scorer(model, run_dir, wall)
+    save_row(results, key, {**row, "steps": steps if run_dir else 0, "command": environment["command"],
+                            "run_dir": str(run_dir.relative_to(ROOT)) if run_dir else None}, finished(environment))
+
+
+def run_side_by_side(pending: list[tuple], args: argparse.Namespace) -> list[str]:
+    """Each row in a process of its own, `--jobs` at a time with one thread each (two threads on
+    two busy cores make every step several times slower); returns the rows that failed."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    waiting, running, failed = list(pending), {}, []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            documents, method, keep, seed = spec = waiting.pop(0)
+            command = [sys.executable, __file__, "--name", args.name, "--documents", documents, "--methods", method,
+                       "--keep", repr(keep), *(["--seeds", str(seed)] if seed is not None else []),
+                       *(["--steps", str(args.steps)] if args.steps else []), *(["--set", *args.set] if args.set else [])]
+            running[subprocess.Popen(command, env=environment)] = row_key(*spec)
+        time.sleep(5)
+        for process in [p for p in running if p.poll() is not None]:
+            if process.returncode:
+                failed.append(running[process])
+            del running[process]
+    return failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--documents", nargs="+", choices=sorted(DOCUMENTS), default=["scifact"])
-    parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 1 / 3])
+    parser.add_argument("--documents", nargs="+", choices=sorted(DOCUMENTS), default=sorted(DOCUMENTS))
+    parser.add_argument("--keep", type=float, nargs="+", help="shares of the encoder kept (default: the whole table)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--steps", type=int, help="steps of every trained row (default: 1000 at half and unpruned, else 600)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every trained row")
     parser.add_argument("--name", default="quality_documents", help="results/<name>.json and runs/<name>/")
+    parser.add_argument("--jobs", type=int, default=1, help="rows trained side by side, one process and one thread each")
+    parser.add_argument("--pending", action="store_true", help="list the rows still to run and stop")
     parser.add_argument("--table", action="store_true", help="print the table of results/<name>.json and stop")
     parser.add_argument("--plot", action="store_true", help="draw results/<name>_curve.png and stop")
     args = parser.parse_args()
@@ -258,36 +325,26 @@ def main() -> None:
             plot(load_rows(results), RESULTS / f"{args.name}_curve.png")
         print(markdown_table(load_rows(results)))
         return
+    done = load_rows(results)
+    pending = [spec for spec in planned_rows(args.documents, args.methods, args.keep, args.seeds) if row_key(*spec) not in done]
+    if args.pending:
+        print("\n".join(row_key(*spec) for spec in pending) or "nothing left to run")
+        return
     runs = ROOT / "runs" / args.name
     runs.mkdir(parents=True, exist_ok=True)
     environment = describe()
-    command = environment["command"]
-    scorer = Scorer()
-    if "original" not in load_rows(results):
-        save_row(results, "original", scorer.reference(), finished(environment))
-    for documents in args.documents:
-        for keep in ([1.0] if args.methods == ["unpruned"] else args.keep):
-            for method in args.methods:
-                if method == "unpruned" and keep != args.keep[0]:
-                    continue
-                overrides = structure_overrides(method, keep, runs, scorer.original)
-                steps = args.steps or (1000 if method == "unpruned" or abs(keep - 0.5) < 1e-9 else 600)
-                for seed in (args.seeds if overrides is not None else [None]):
-                    key = row_key(documents, method, keep, seed)
-                    if key in load_rows(results):
-                        continue
-                    if overrides is None:  # untrained layer drop
-                        layers = evenly_spaced(scorer.original.config.num_hidden_layers,
-                                               max(1, round(scorer.original.config.num_hidden_layers * keep)))
-                        model = prune_embedder(scorer.original, layer_drop_masks(scorer.original.config, layers))
-                        row, run_dir = scorer(model, None, 0.0), None
-                    else:
-                        run_dir = runs / key.replace("/", "_")
-                        model, wall = train(run_dir, [f"documents={DOCUMENTS[documents]}", f"seed={seed}",
-                                                      f"max_duration={steps}ba", *overrides, *args.set])
-                        row = scorer(model, run_dir, wall)
-                    save_row(results, key, {**row, "steps": steps if run_dir else 0, "command": command,
-                                            "run_dir": str(run_dir.relative_to(ROOT)) if run_dir else None}, finished(environment))
+    if "original" not in done or args.jobs == 1:
+        scorer = Scorer()
+        if "original" not in done:
+            save_row(results, "original", scorer.reference(), finished(environment))
+    if args.jobs > 1:
+        failed = run_side_by_side(pending, args)
+        if failed:
+            sys.exit(f"rows that failed (their logs are above; rerun to retry them): {', '.join(failed)}")
+    else:
+        for spec in pending:
+            if row_key(*spec) not in load_rows(results):  # another invocation may have measured it meanwhile
+                run_row(scorer, runs, results, environment, spec, args.steps, args.set)
     print(markdown_table(load_rows(results)))
 
 

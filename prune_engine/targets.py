@@ -313,13 +313,17 @@ class ParameterBudget:
 def even_structure(config: PrunableEncoderConfig, budget: float, layer_fixed: float, per_head: float,
                    per_neuron: float) -> Structure:
     """The uniform structure that keeps every layer and spends a budget on the layers evenly: heads
-    scaled like the budget, the FFN width filling the rest (costs per layer, head and neuron)."""
+    scaled like the budget, the FFN width filling the rest (costs per layer, head and neuron). A
+    fitted latency model can price a unit at zero (too cheap to time on a tiny model): free units
+    are all kept."""
     full_heads, full_ffn = max(config.heads_per_layer), max(config.intermediate_sizes)
     layers = config.num_hidden_layers
     variable = budget - layers * layer_fixed
-    share = min(1.0, max(0.0, variable / (layers * (full_heads * per_head + full_ffn * per_neuron))))
+    units_cost = layers * (full_heads * per_head + full_ffn * per_neuron)
+    share = 1.0 if units_cost <= 0 else min(1.0, max(0.0, variable / units_cost))
     heads = round(full_heads * share)
-    ffn = int((variable / layers - heads * per_head) // per_neuron)
+    left_per_layer = variable / layers - heads * per_head
+    ffn = full_ffn if per_neuron <= 0 else int(left_per_layer // per_neuron)
     return Structure.uniform(layers, heads, min(full_ffn, max(0, ffn)), config.vocab_size)
 
 

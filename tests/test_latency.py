@@ -245,3 +245,19 @@ def test_latency_budget_refuses_another_models_config():
     other = PrunableEncoderConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
     with pytest.raises(ValueError, match="calibrated for hidden size 32 and head size 8"):
         latency_budget(model, other, target_speedup=2.0)
+
+
+@pytest.mark.parametrize(("per_head", "per_neuron"), [(PER_HEAD, 0.0), (0.0, 0.0)])
+def test_a_latency_target_plans_a_structure_when_the_fit_prices_units_at_zero(per_head, per_neuron):
+    """A tiny model's neurons can be too cheap to time: the fit gives them cost 0, and they are
+    all kept (a CI machine once stopped here on a division by zero)."""
+    from prune_engine.targets import LatencyTarget
+
+    config = PrunableEncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                   intermediate_size=64)
+    conditions = Conditions(32, 128, "cpu", "float32", 1, torch.__version__, "test")
+    model = LatencyModel(BASE, LAYER_FIXED, per_head, per_neuron, 32, 8, Structure.of(config), conditions)
+    half_the_heads = BASE + 4 * (LAYER_FIXED + 2 * per_head)
+    structure, _ = LatencyTarget(model, half_the_heads).planned_structure(config)
+    assert structure.intermediate_sizes == (64,) * 4
+    assert structure.heads_per_layer == ((2,) * 4 if per_head else (4,) * 4)

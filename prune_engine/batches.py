@@ -69,7 +69,7 @@ def merge_outputs(outputs: list[EmbeddingOutput]) -> EmbeddingOutput:
     return EmbeddingOutput(
         dense=torch.cat([o.dense for o in outputs]), token_states=cat("token_states"),
         attention_mask=cat("attention_mask"), sparse_weights=cat("sparse_weights"),
-        colbert_vectors=cat("colbert_vectors", trim=1),
+        colbert_vectors=cat("colbert_vectors", trim=1), layer_states=cat("layer_states"),
     )
 
 

@@ -121,6 +121,7 @@ class LossConfig:
     distill_cosine: float = field(default=1.0, metadata=NON_NEGATIVE)  # student vs teacher vector of a text
     distill_similarity: float = field(default=1.0, metadata=NON_NEGATIVE)  # in-batch similarity structure
     distill_tokens: float = field(default=1.0, metadata=NON_NEGATIVE)  # every token's last hidden state
+    distill_layers: float = field(default=0.0, metadata=NON_NEGATIVE)  # every kept layer's output, per token
     distill_sparse: float = field(default=0.1, metadata=NON_NEGATIVE)  # BGE-M3 lexical weights
     distill_colbert: float = field(default=0.1, metadata=NON_NEGATIVE)  # BGE-M3 multi-vector
     task: float = field(default=0.03, metadata=NON_NEGATIVE)  # CoSENT (scored pairs), InfoNCE (query-passage)

@@ -29,6 +29,7 @@ class EmbeddingOutput:
     attention_mask: torch.Tensor  # (batch, length)
     sparse_weights: torch.Tensor | None = None  # (batch, length): BGE-M3 lexical weight per token
     colbert_vectors: torch.Tensor | None = None  # (batch, length - 1, colbert_dim), normalised, zero on padding
+    layer_states: torch.Tensor | None = None  # (batch, length, layers, hidden): every layer's output, when asked
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,28 @@ class Embedder(nn.Module):
         )
         return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
-    def forward(self, features: dict[str, torch.Tensor], gates: EncoderGates | None = None) -> EmbeddingOutput:
-        token_states = self.encoder(
+    def forward(self, features: dict[str, torch.Tensor], gates: EncoderGates | None = None,
+                layer_states: bool = False) -> EmbeddingOutput:
+        """`layer_states`: also every layer's output (layer-wise distillation)."""
+        encoded = self.encoder(
             input_ids=features["input_ids"],
             attention_mask=features["attention_mask"],
             token_type_ids=features.get("token_type_ids"),
             gates=gates,
-        ).last_hidden_state
+            output_hidden_states=layer_states,
+        )
+        token_states = encoded.last_hidden_state
         mask = features["attention_mask"]
         dense = pool(token_states, mask, self.pooling)
         if self.normalize:
             dense = F.normalize(dense, dim=-1)
         out = EmbeddingOutput(dense=dense, token_states=token_states, attention_mask=mask)
+        if layer_states:
+            # hidden_states: the embeddings' output, then one (batch, length, hidden) per layer;
+            # the layers' are stacked on a new dimension 2: (batch, length, layers, hidden).
+            per_layer = encoded.hidden_states[1:]
+            out.layer_states = (torch.stack(per_layer, dim=2) if per_layer
+                                else token_states.new_zeros((*token_states.shape[:2], 0, token_states.shape[-1])))
         if self.sparse_linear is not None:
             out.sparse_weights = torch.relu(self.sparse_linear(token_states)).squeeze(-1) * mask
         if self.colbert_linear is not None:

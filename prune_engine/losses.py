@@ -37,7 +37,8 @@ class DistillationLoss(nn.Module):
 
 
 def masked_cosine_distance(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(batch, length, dim) twice, (batch, length) mask -> mean of 1 - cosine over the real tokens."""
+    """(batch, length, ..., dim) twice, a mask of their shape without dim -> mean of 1 - cosine over
+    the real tokens."""
     cosine = F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1)
     return ((1.0 - cosine) * mask).sum() / mask.sum().clamp(min=1)
 
@@ -56,11 +57,18 @@ class TokenDistillationLoss(nn.Module):
         attention_mask: torch.Tensor,
         student_tokens: torch.Tensor | None = None,
         teacher_tokens: torch.Tensor | None = None,
+        student_layers: torch.Tensor | None = None,
+        teacher_layers: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """`*_layers`: (batch, length, layers, hidden), student layer i against the teacher layer
+        it was cut from (CoFi's layer-wise distillation: intermediate targets for thinned layers)."""
         losses = {}
         mask = attention_mask.to(torch.float32)
         if student_tokens is not None and teacher_tokens is not None:
             losses["distill_tokens"] = masked_cosine_distance(student_tokens, teacher_tokens, mask)
+        if student_layers is not None and teacher_layers is not None and student_layers.shape[2]:
+            per_layer_mask = mask[:, :, None].expand(-1, -1, student_layers.shape[2])
+            losses["distill_layers"] = masked_cosine_distance(student_layers, teacher_layers, per_layer_mask)
         if student_sparse is not None and teacher_sparse is not None:
             squared = (student_sparse.float() - teacher_sparse.detach().float()).pow(2) * mask
             losses["distill_sparse"] = squared.sum() / mask.sum().clamp(min=1)

@@ -1,7 +1,8 @@
 """What a training step minimises, and the optimisers that minimise it.
 
 Distillation from the frozen teacher (text vectors, the in-batch similarity structure, and
-optionally every token's last hidden state and BGE-M3's lexical weights and multi-vectors), the
+optionally every token's last hidden state, every kept layer's output against the teacher layer
+it was cut from, and BGE-M3's lexical weights and multi-vectors), the
 task loss of the training data's kind, and during the mask phase the Lagrangian size term.
 Everything trained is one module (so DDP wraps one thing): the student and, while masks are
 learned, its gates and the Lagrangian.
@@ -25,9 +26,13 @@ from .targets import SizeTarget
 
 class PruningObjective(nn.Module):
     def __init__(self, student: Embedder, config: RunConfig, task_kind: str, masks: L0Masks | None = None,
-                 lagrangian: Lagrangian | None = None, target: SizeTarget | None = None):
+                 lagrangian: Lagrangian | None = None, target: SizeTarget | None = None,
+                 teacher_layers: list[int] | None = None):
+        """`teacher_layers`: the teacher layer each student layer was cut from (None: the same
+        index, as while masks are learned)."""
         super().__init__()
         self.student = student
+        self.teacher_layers = teacher_layers
         self.masks = masks
         self.lagrangian = lagrangian
         self.target = target
@@ -41,16 +46,21 @@ class PruningObjective(nn.Module):
         """`groups`: the batch's features in padding groups (`Batch.padding_groups`), with the
         teacher's output for each; one gate sample serves them all."""
         gates = self.masks.gates() if self.masks is not None else None
-        out = merge_outputs([self.student(features, gates=gates) for features in groups])
+        layers = self.weights.distill_layers > 0  # an unweighted loss is neither computed nor logged
+        out = merge_outputs([self.student(features, gates=gates, layer_states=layers) for features in groups])
         teacher_out = merge_outputs(teacher_outs)
+        teacher_layers = teacher_out.layer_states if layers else None
+        if teacher_layers is not None and self.teacher_layers is not None:
+            teacher_layers = teacher_layers[:, :, self.teacher_layers]
         losses = self.distill(out.dense, teacher_out.dense)
-        tokens = self.weights.distill_tokens > 0  # an unweighted token loss is neither computed nor logged
+        tokens = self.weights.distill_tokens > 0
         losses.update(
             self.token_distill(
                 out.sparse_weights, teacher_out.sparse_weights,
                 out.colbert_vectors, teacher_out.colbert_vectors, out.attention_mask,
                 student_tokens=out.token_states if tokens else None,
                 teacher_tokens=teacher_out.token_states if tokens else None,
+                student_layers=out.layer_states, teacher_layers=teacher_layers,
             )
         )
         if self.task is not None:

@@ -19,9 +19,10 @@ from .embedder import Embedder, EmbeddingOutput
 
 
 class Teacher:
-    def __init__(self, embedder: Embedder, max_length: int, cache_mb: int):
+    def __init__(self, embedder: Embedder, max_length: int, cache_mb: int, layer_states: bool = False):
         self.embedder = embedder
         self.max_length = max_length
+        self.layer_states = layer_states  # every layer's output too (layer-wise distillation)
         self.budget = cache_mb * 2**20
         self.cached: dict[str, dict[str, torch.Tensor]] = {}
         self.cached_bytes = 0
@@ -34,7 +35,7 @@ class Teacher:
         if self.budget <= 0:
             started = time.perf_counter()
             with autocast():
-                out = self.embedder(features)
+                out = self.embedder(features, layer_states=self.layer_states)
             self.seconds += time.perf_counter() - started
             return out
         per_text = [self._one(text, autocast) for text in texts]
@@ -53,6 +54,7 @@ class Teacher:
             dense=torch.stack([p["dense"] for p in per_text]).to(mask.device),
             token_states=stacked("token_states"), attention_mask=mask,
             sparse_weights=stacked("sparse_weights"), colbert_vectors=stacked("colbert_vectors", trim=1),
+            layer_states=stacked("layer_states"),
         )
 
     def _one(self, text: str, autocast) -> dict[str, torch.Tensor | None]:
@@ -63,12 +65,13 @@ class Teacher:
         self.misses += 1
         started = time.perf_counter()
         with autocast():
-            out = self.embedder(self.embedder.tokenize([text], self.max_length))
+            out = self.embedder(self.embedder.tokenize([text], self.max_length), layer_states=self.layer_states)
         result = {
             "dense": out.dense[0],
             "token_states": out.token_states[0],  # (length, hidden)
             "sparse_weights": None if out.sparse_weights is None else out.sparse_weights[0],
             "colbert_vectors": None if out.colbert_vectors is None else out.colbert_vectors[0],
+            "layer_states": None if out.layer_states is None else out.layer_states[0],  # (length, layers, hidden)
         }
         result = {k: None if v is None else v.detach().to("cpu", copy=True) for k, v in result.items()}
         self.seconds += time.perf_counter() - started

@@ -233,7 +233,8 @@ class PruningRun:
                 self.accelerator.num_processes, self.accelerator.process_index)
             self.total_steps, self.mask_steps, self.ramp_steps = plan_steps(
                 self.config, self.schedule.steps_per_epoch, self.inputs.target.learns_masks)
-            self.teacher = Teacher(self.inputs.teacher, self.inputs.length, self.config.teacher_cache_mb)
+            self.teacher = Teacher(self.inputs.teacher, self.inputs.length, self.config.teacher_cache_mb,
+                                   layer_states=self.config.loss.distill_layers > 0)
             if checkpoint is not None:
                 self._restore(checkpoint)
             else:
@@ -300,7 +301,11 @@ class PruningRun:
         if config.gradient_checkpointing:
             student.encoder.gradient_checkpointing_enable()
         student.train()
-        objective = PruningObjective(student, config, self.inputs.data.kind, masks, lagrangian, self.inputs.target)
+        # A sliced student's layers are the kept ones; while masks are learned, every layer is there.
+        teacher_layers = (torch.nonzero(self.final_masks.layers).flatten().tolist()
+                          if masks is None and self.final_masks is not None else None)
+        objective = PruningObjective(student, config, self.inputs.data.kind, masks, lagrangian, self.inputs.target,
+                                     teacher_layers)
         optimizer = weights_and_gates_optimizer(student, masks, config)
         scheduler = scheduler_at(optimizer, config, self.total_steps, self.step)
         prepared = [objective, optimizer] + ([lagrangian.optimizer(config.optimizer.lagrangian_lr)] if lagrangian else [])

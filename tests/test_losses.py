@@ -40,3 +40,16 @@ def test_token_distillation_trains_the_student_only():
     token_loss(student, teacher, torch.ones(2, 3)).backward()
     assert teacher.grad is None
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
+
+
+def test_layer_distillation_averages_every_layer_over_real_tokens():
+    """(batch, length, layers, hidden): one layer's real token opposite its teacher's (distance 2)
+    among 2 texts x 3 real tokens x 2 layers; padding ignored."""
+    teacher = torch.randn(2, 4, 2, 8)
+    student = teacher.clone()
+    student[0, 1, 1] = -teacher[0, 1, 1]
+    student[1, 3] = torch.randn(2, 8)  # padding
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    losses = TokenDistillationLoss()(None, None, None, None, mask, student_layers=student, teacher_layers=teacher)
+    assert set(losses) == {"distill_layers"}
+    assert float(losses["distill_layers"]) == pytest.approx(2.0 / 12, rel=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import shutil
@@ -417,3 +419,67 @@ def test_onnx_variants_are_written_and_the_quality_gate_decides_in_pruning_info(
     assert gate["decision"] in (result.run_dir / "report.txt").read_text()
     vectors = OnnxEmbedder(result.export_dir, "int8").encode(["a sentence to embed", "another one"])
     assert vectors.shape == (2, 32)
+
+
+def test_layer_distillation_matches_each_kept_layer_to_the_teacher_layer_it_was_cut_from(tiny_xlmr_embedder):
+    """Off by default; weighted into the total when on; a sliced student's layers are scored against
+    the teacher layers they came from (`teacher_layers`), and the teacher's cached outputs give the
+    same loss as its batch outputs."""
+    from prune_engine.batches import make_batch
+    from prune_engine.data import ScoredPairs
+    from prune_engine.l0 import StructureMasks
+    from prune_engine.objective import PruningObjective
+    from prune_engine.prune import prune_embedder
+    from prune_engine.teacher import Teacher
+
+    pairs = ScoredPairs(["a cat sits on the mat", "rivers flow"], ["a cat is sitting", "stocks fell"], [1.0, 0.1], "t")
+    teacher = tiny_xlmr_embedder(seed=0)
+    layers = teacher.config.num_hidden_layers
+    batch = make_batch(pairs, [0, 1])
+    features = teacher.tokenize(batch.texts, 32)
+    with torch.no_grad():
+        teacher_out = teacher(features, layer_states=True)
+    assert teacher_out.layer_states.shape == (4, features["input_ids"].shape[1], layers, teacher.config.hidden_size)
+    assert torch.equal(teacher_out.layer_states[:, :, -1], teacher_out.token_states)
+
+    def losses(student, teacher_outs, *overrides, teacher_layers=None):
+        config = load_config(None, ["target_params.fraction=0.5", *overrides])
+        objective = PruningObjective(student, config, pairs.kind, teacher_layers=teacher_layers)
+        with torch.no_grad():
+            return objective([features], batch, teacher_outs, 1.0)
+
+    student = tiny_xlmr_embedder(seed=1)
+    off, on = losses(student, [teacher_out]), losses(student, [teacher_out], "loss.distill_layers=0.5")
+    assert "distill_layers" not in off and float(on["distill_layers"]) > 0.01
+    assert float(on["total"] - off["total"]) == pytest.approx(0.5 * float(on["distill_layers"]), rel=1e-4)
+    cached = Teacher(teacher, 32, cache_mb=64, layer_states=True).outputs(batch.texts, features, contextlib.nullcontext)
+    assert float(losses(student, [cached], "loss.distill_layers=1")["distill_layers"]) == pytest.approx(
+        float(on["distill_layers"]), rel=1e-4)
+
+    # A student equal to the teacher: nothing to learn when each layer meets its own, something when not.
+    twin = copy.deepcopy(teacher)
+    same = losses(twin, [teacher_out], "loss.distill_layers=1", teacher_layers=list(range(layers)))
+    shifted = losses(twin, [teacher_out], "loss.distill_layers=1", teacher_layers=[0] * layers)
+    assert float(same["distill_layers"]) == pytest.approx(0.0, abs=1e-5) and float(shifted["distill_layers"]) > 0.01
+
+
+def test_a_layer_drop_run_distils_each_kept_layer_against_its_source_layer(tiny_model_dir, tmp_path, monkeypatch):
+    from prune_engine import trainer
+
+    built = []
+
+    class Recording(trainer.PruningObjective):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.teacher_layers)
+
+    monkeypatch.setattr(trainer, "PruningObjective", Recording)
+    keep_outer = {"layers": [True, False, True], "heads": [[True] * 4] * 3, "ffn": [[True] * 64] * 3}
+    masks_file = tmp_path / "masks.json"
+    masks_file.write_text(json.dumps(keep_outer))
+    config = tiny_config(tiny_model_dir, tmp_path / "run", "target_params=null", f"fixed_masks={masks_file}",
+                         "max_duration=2ba", "eval_splits=[]", "loss.distill_layers=1")
+    result = PruningRun(config).run()
+    assert built == [[0, 2]]
+    logged = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(record["loss/distill_layers"] > 0 for record in logged)

@@ -15,6 +15,7 @@ LOSS_NAMES = {
     "loss/distill_cosine": "distillation (cosine)",
     "loss/distill_similarity": "distillation (similarity)",
     "loss/distill_tokens": "distillation (tokens)",
+    "loss/distill_layers": "distillation (every layer)",
     "loss/distill_sparse": "distillation (sparse)",
     "loss/distill_colbert": "distillation (multi-vector)",
     "loss/task": "task",

@@ -427,9 +427,7 @@ def test_layer_distillation_matches_each_kept_layer_to_the_teacher_layer_it_was_
     same loss as its batch outputs."""
     from prune_engine.batches import make_batch
     from prune_engine.data import ScoredPairs
-    from prune_engine.l0 import StructureMasks
     from prune_engine.objective import PruningObjective
-    from prune_engine.prune import prune_embedder
     from prune_engine.teacher import Teacher
 
     pairs = ScoredPairs(["a cat sits on the mat", "rivers flow"], ["a cat is sitting", "stocks fell"], [1.0, 0.1], "t")

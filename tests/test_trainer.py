@@ -422,9 +422,8 @@ def test_onnx_variants_are_written_and_the_quality_gate_decides_in_pruning_info(
 
 
 def test_layer_distillation_matches_each_kept_layer_to_the_teacher_layer_it_was_cut_from(tiny_xlmr_embedder):
-    """Off by default; weighted into the total when on; a sliced student's layers are scored against
-    the teacher layers they came from (`teacher_layers`), and the teacher's cached outputs give the
-    same loss as its batch outputs."""
+    """Off by default; weighted into the total when on; the teacher's cached outputs give the same
+    loss as its batch outputs; each student layer meets the teacher layer `teacher_layers` names."""
     from prune_engine.batches import make_batch
     from prune_engine.data import ScoredPairs
     from prune_engine.objective import PruningObjective

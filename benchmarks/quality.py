@@ -215,7 +215,17 @@ def markdown_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: dict, path: Path) -> None:
+# One colour per method across every panel, so a line reads the same wherever it appears.
+PLOT_STYLE = {
+    "l0": ("L0 masks (this tool)", "tab:blue"),
+    "layer_drop_distilled": ("evenly spaced layers + distillation", "tab:orange"),
+    "importance": ("gradient importance + distillation", "tab:green"),
+    "layer_drop": ("evenly spaced layers, no training", "tab:grey"),
+    "unpruned": ("unpruned, so trained", "tab:purple"),
+}
+
+
+def plot(rows: dict, path: Path):
     """Retained share of the original against the share of the encoder kept, one line per method,
     the seeds' range as error bars; one panel per figure."""
     import matplotlib
@@ -231,18 +241,21 @@ def plot(rows: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(documents), 3, figsize=(14, 4.2 * len(documents)), squeeze=False)
     for row_axes, docs in zip(axes, documents, strict=True):
         for axis, (figure, title) in zip(row_axes, figures, strict=True):
-            for method in ("l0", "layer_drop_distilled", "importance", "layer_drop", "unpruned"):
+            for method, (label, colour) in PLOT_STYLE.items():
                 points = sorted((g["encoder_parameters"] / full, *g[figure]) for name, g in groups.items()
                                 if name.startswith(f"{docs}/{method}/") and figure in g)
                 if points:
                     x, mean, spread = zip(*points, strict=True)
                     axis.errorbar(x, [100 * m / original[figure][0] for m in mean],
-                                  yerr=[50 * s / original[figure][0] for s in spread], marker="o", capsize=3, label=method)
+                                  yerr=[50 * s / original[figure][0] for s in spread], marker="o", capsize=3,
+                                  label=label, color=colour)
+            axis.axhline(100, color="grey", linewidth=0.8, linestyle="--")
             axis.set(title=f"{title} (documents: {docs})", xlabel="share of the encoder kept", ylabel="% of the original")
             axis.grid(alpha=0.3)
         row_axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig
 
 
 TABLE_KEEPS = (0.5, 1 / 3)  # every method

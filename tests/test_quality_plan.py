@@ -1,6 +1,6 @@
 """The quality table's plan: which rows one command runs, so the table can be spread over sessions."""
 
-from benchmarks.quality import CURVE_KEEPS, METHODS, TABLE_KEEPS, planned_rows, row_key
+from benchmarks.quality import CURVE_KEEPS, METHODS, PLOT_STYLE, TABLE_KEEPS, planned_rows, plot, row_key
 
 
 def test_the_whole_table_is_every_method_at_half_and_a_third_and_l0_alone_on_the_curve():
@@ -20,3 +20,28 @@ def test_targets_given_run_exactly_those_rows():
     specs = planned_rows(["trec"], ["l0", "layer_drop"], [0.75], [1])
     assert specs == [("trec", "l0", 0.75, 1), ("trec", "layer_drop", 0.75, None)]
     assert planned_rows(["trec", "scifact"], ["unpruned"], [0.5], [42]) == [("trec", "unpruned", 1.0, 42), ("scifact", "unpruned", 1.0, 42)]
+
+
+def test_the_plot_draws_each_method_in_one_colour_as_retained_percent_with_the_seed_range(tmp_path):
+    original = {"encoder_parameters": 100, "measured_speedup": 1.0, "stsb": 80.0, "scifact": 50.0, "trec": 40.0}
+    def row(params, stsb, scifact, trec):
+        return {"encoder_parameters": params, "measured_speedup": 2.0, "stsb": stsb, "scifact": scifact, "trec": trec}
+    rows = {"original": original,
+            "trec/l0/keep50/seed42": row(50, 78.0, 45.0, 38.0), "trec/l0/keep50/seed1": row(50, 82.0, 47.0, 38.0),
+            "trec/l0/keep33/seed42": row(33, 72.0, 40.0, 36.0),
+            "trec/layer_drop/keep50": row(50, 60.0, 30.0, 30.0),
+            "scifact/layer_drop/keep50": row(50, 60.0, 30.0, 30.0)}  # a panel row without L0
+    figure = plot(rows, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    stsb_axis = figure.axes[3]  # documents sorted: scifact's row first, trec's second
+    l0 = next(c for c in stsb_axis.containers if c.get_label() == PLOT_STYLE["l0"][0])
+    x, y = l0.lines[0].get_data()
+    assert list(x) == [0.33, 0.5] and list(y) == [90.0, 100.0]  # 72/80, mean(78, 82)/80
+    bar = l0.lines[2][0].get_segments()[1]  # the error bar at half: half the seeds' spread, 2.5%
+    assert [round(v, 6) for _, v in bar] == [97.5, 102.5]
+    colours = {}
+    for axis in figure.axes:
+        for line in axis.containers:
+            colours.setdefault(line.get_label(), set()).add(line.lines[0].get_color())
+    assert sorted(colours) == sorted([PLOT_STYLE["l0"][0], PLOT_STYLE["layer_drop"][0]])
+    assert all(len(c) == 1 for c in colours.values()) and colours[PLOT_STYLE["l0"][0]] != colours[PLOT_STYLE["layer_drop"][0]]

@@ -126,9 +126,10 @@ def test_held_out_structures_are_uneven_and_within_the_model():
 
 
 def check_calibrated(model: LatencyModel, config: PrunableEncoderConfig, batch: int, length: int, rounds: int,
-                     clock: str = "wall"):
+                     clock: str = "wall", widths_cost_time: bool = True):
     assert min(model.base, model.layer_fixed, model.per_head, model.per_neuron) >= 0.0
-    assert model.per_head > 0 or model.per_neuron > 0
+    if widths_cost_time:
+        assert model.per_head > 0 or model.per_neuron > 0
     assert model.full_structure == Structure.of(config)
     assert (model.hidden_size, model.attention_head_size) == (config.hidden_size, config.attention_head_size)
     conditions = model.conditions
@@ -154,10 +155,12 @@ def test_calibrate_on_the_real_minilm_shape():
 
 
 def test_calibrate_on_an_xlmr_shape_at_its_longest_sequence_in_cpu_time():
-    """BGE-M3's kind: positions counted from padding + 1, so 2 of the 40 positions are unusable."""
+    """BGE-M3's kind: positions counted from padding + 1, so 2 of the 40 positions are unusable.
+    A head here is 12 wide and the FFN 80: their cost is below a loaded machine's noise and may fit
+    to 0 (CI saw it), so only the real MiniLM shape above must show it."""
     config = encoder_config_from_hf(tiny_hf_config("xlm-roberta").to_dict())
     model = calibrate(config, batch_size=3, sequence_length=38, repeats=3, held_out=1, clock="cpu")
-    check_calibrated(model, config, 3, 38, rounds=3, clock="cpu")
+    check_calibrated(model, config, 3, 38, rounds=3, clock="cpu", widths_cost_time=False)
 
 
 def test_cpu_clock_needs_one_thread():

@@ -1,52 +1,15 @@
-"""One-shot gradient importance of heads and FFN neurons (Michel, Levy & Neubig 2019,
-"Are Sixteen Heads Really Better than One?"): the baseline L0 pruning is measured against.
-
-Importance of a unit = |sum over examples of d(task loss)/d(gate)| with every gate at 1, i.e. the
-first-order change of the loss when the unit is removed; normalised per layer (L2), as the paper
-does, so layers compare. The budget is met by keeping the same share of heads and of neurons,
-each ranked globally, then filling what is left with the best remaining neurons.
+"""The simple alternatives L0 pruning is measured against: evenly spaced whole layers, and heads
+and FFN neurons by one-shot gradient importance (scored in `prune_engine.importance`). The
+importance budget is met by keeping the same share of heads and of neurons, each ranked globally,
+then filling what is left with the best remaining neurons.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
 from prune_engine.accounting import count_parameters, ffn_parameters_per_neuron
-from prune_engine.batches import Batch
-from prune_engine.config import LossConfig
-from prune_engine.embedder import Embedder
 from prune_engine.l0 import StructureMasks
-from prune_engine.losses import task_loss
-from prune_engine.modeling_prunable_encoder import EncoderGates
-
-
-def gradient_importance(embedder: Embedder, batches: Iterable[Batch], max_length: int = 128,
-                        loss_config: LossConfig | None = None) -> dict[str, list[torch.Tensor]]:
-    """`batches` of one task kind (scored pairs or query-passage pairs), scored by its task loss."""
-    config = embedder.config
-    gates = EncoderGates(
-        heads=[torch.ones(h, requires_grad=True) for h in config.heads_per_layer],
-        ffn=[torch.ones(f, requires_grad=True) for f in config.intermediate_sizes],
-    )
-    losses = {}
-    totals = {"heads": [torch.zeros(h) for h in config.heads_per_layer],
-              "ffn": [torch.zeros(f) for f in config.intermediate_sizes]}
-    embedder.eval()
-    for batch in batches:
-        dense = embedder(embedder.tokenize(batch.texts, max_length), gates=gates).dense
-        if batch.kind not in losses:
-            losses[batch.kind] = task_loss(batch.kind, loss_config or LossConfig())
-        if losses[batch.kind] is None:
-            raise ValueError("importance needs a task loss: scored pairs or query-passage pairs")
-        loss = losses[batch.kind](dense, batch)
-        gradients = torch.autograd.grad(loss, gates.heads + gates.ffn)
-        for i, grad in enumerate(gradients[: config.num_hidden_layers]):
-            totals["heads"][i] += grad
-        for i, grad in enumerate(gradients[config.num_hidden_layers :]):
-            totals["ffn"][i] += grad
-    return {name: [t.abs() / t.abs().norm().clamp(min=1e-12) for t in per_layer] for name, per_layer in totals.items()}
 
 
 def _keep_top(scores: list[torch.Tensor], share: float) -> list[torch.Tensor]:

@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget  # noqa: E402
+from benchmarks.baselines import evenly_spaced, layer_drop_masks, masks_for_budget  # noqa: E402
 from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.atomic import write_text_atomic  # noqa: E402
 from prune_engine.batches import make_batch  # noqa: E402
@@ -55,6 +55,7 @@ from prune_engine.config import load_config  # noqa: E402
 from prune_engine.data import load_eval_data, load_training_data  # noqa: E402
 from prune_engine.encoding_cache import EncodingCache  # noqa: E402
 from prune_engine.evaluate import compare  # noqa: E402
+from prune_engine.importance import gradient_importance  # noqa: E402
 from prune_engine.prune import prune_embedder  # noqa: E402
 from prune_engine.sources import load_embedder, resolve_model_dir  # noqa: E402
 from prune_engine.targets import ParameterBudget  # noqa: E402

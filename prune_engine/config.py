@@ -34,6 +34,7 @@ from .targets import (
 )
 
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
+GATE_INITS = ("uniform", "importance")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ba|ep)\s*$")
 TARGET_KEYS = ("target_model", "target_params", "target_speedup", "target_latency", "fixed_masks")
 # Keys of earlier versions, and what replaced them.
@@ -193,6 +194,9 @@ class RunConfig:
     align_ffn: int | None = field(default=None, metadata=AT_LEAST_ONE)
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn"])
     fixed_masks: str | None = None  # a final_masks.json: skip learning masks, prune to it and fine-tune
+    # Where the head and FFN gates start: "uniform" (all at P(kept) 0.99) or "importance" (ranked by
+    # the task loss's gradient importance on the run's first batches; needs task data, `dataset`).
+    gate_init: str = "uniform"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     batch_size: int = field(default=16, metadata=AT_LEAST_TWO)  # the losses compare texts within a batch
@@ -235,6 +239,11 @@ class RunConfig:
         unknown = sorted(set(self.eval_splits) - set(SPLITS))
         if unknown:
             raise ConfigError(f"eval_splits: unknown {unknown}; choose from {list(SPLITS)} (or [] for none)")
+        if self.gate_init not in GATE_INITS:
+            raise ConfigError(f"gate_init must be one of {list(GATE_INITS)}, got {self.gate_init!r}")
+        if self.gate_init == "importance" and self.dataset is None:
+            raise ConfigError("gate_init: importance ranks heads and neurons by the task loss, which needs task data: "
+                              "set dataset (e.g. sts: STS-B train pairs) or use gate_init: uniform")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.duration()  # validates max_duration

@@ -41,15 +41,20 @@ GATE_ADAM_BETAS = (0.5, 0.999)
 
 
 class HardConcreteGates(nn.Module):
-    def __init__(self, group_sizes: list[int], init_keep_probability: float = 0.99):
+    def __init__(self, group_sizes: list[int], init_keep_probability: float | torch.Tensor = 0.99):
+        """`init_keep_probability`: one P(z != 0) for every gate, or one per gate ((n_gates,), flat)."""
         super().__init__()
-        if not 0.0 < init_keep_probability < 1.0:
-            raise ValueError("init_keep_probability must lie strictly between 0 and 1")
         self.group_sizes = [int(s) for s in group_sizes]
+        start = torch.as_tensor(init_keep_probability, dtype=torch.float64)
+        if start.dim() and start.shape != (sum(self.group_sizes),):
+            raise ValueError(f"init_keep_probability must have one value per gate ({sum(self.group_sizes)}), "
+                             f"got shape {tuple(start.shape)}")
+        start = start.expand(sum(self.group_sizes))
+        if not bool(((start > 0.0) & (start < 1.0)).all()):
+            raise ValueError("init_keep_probability must lie strictly between 0 and 1")
         # Chosen so that P(z != 0) starts at init_keep_probability: the model starts (almost) unpruned.
-        logit = math.log(init_keep_probability / (1.0 - init_keep_probability))
-        start = logit + TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH)
-        self.log_alpha = nn.Parameter(torch.full((sum(self.group_sizes),), start))
+        logit = torch.log(start / (1.0 - start))
+        self.log_alpha = nn.Parameter((logit + TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH)).float())
 
     def __len__(self) -> int:
         return self.log_alpha.numel()
@@ -133,7 +138,10 @@ class L0Masks(nn.Module):
         config: PrunableEncoderConfig,
         structures: tuple[str, ...] = STRUCTURES,
         init_keep_probability: float = 0.99,
+        init_per_gate: dict[str, torch.Tensor] | None = None,
     ):
+        """`init_per_gate`: a structure's flat (n_gates,) initial keep probabilities, in place of
+        `init_keep_probability` (importance-initialised gates)."""
         super().__init__()
         unknown = set(structures) - set(STRUCTURES)
         if unknown:
@@ -146,7 +154,8 @@ class L0Masks(nn.Module):
             "ffn": list(config.intermediate_sizes),
         }
         self.groups = nn.ModuleDict(
-            {name: HardConcreteGates(sizes[name], init_keep_probability) for name in self.structures}
+            {name: HardConcreteGates(sizes[name], (init_per_gate or {}).get(name, init_keep_probability))
+             for name in self.structures}
         )
 
     def gates(self) -> EncoderGates:

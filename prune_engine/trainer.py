@@ -28,6 +28,7 @@ from .checkpoint import Checkpoint, CheckpointError, latest_usable, restore_rng,
 from .config import RunConfig
 from .embedder import Embedder
 from .finish import export_run, report_text, run_report
+from .importance import gate_start
 from .l0 import L0Masks, StructureMasks
 from .lagrangian import Lagrangian
 from .modeling_prunable_encoder import PrunableEncoderConfig, PrunableEncoderModel
@@ -273,7 +274,8 @@ class PruningRun:
         self.directory.restart_logs(from_step=0)
         student = copy.deepcopy(self.inputs.teacher).requires_grad_(True).to(self.accelerator.device)
         if self.inputs.target.learns_masks:
-            masks = L0Masks(student.config, tuple(self.config.structures))
+            start = gate_start(student, self.inputs.data, self.config, self.inputs.length)
+            masks = L0Masks(student.config, tuple(self.config.structures), init_per_gate=start)
             self._build_objective(student, masks, Lagrangian(self.inputs.target.constraint_names()))
         else:
             self.phase = "finetune"

@@ -2,10 +2,11 @@
 
 import torch
 
-from benchmarks.baselines import evenly_spaced, gradient_importance, layer_drop_masks, masks_for_budget
+from benchmarks.baselines import evenly_spaced, layer_drop_masks, masks_for_budget
 from prune_engine.accounting import count_parameters
 from prune_engine.batches import make_batch
 from prune_engine.data import load_training_data
+from prune_engine.importance import gradient_importance
 from prune_engine.targets import ParameterBudget
 
 

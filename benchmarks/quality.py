@@ -55,7 +55,7 @@ from prune_engine.config import load_config  # noqa: E402
 from prune_engine.data import load_eval_data, load_training_data  # noqa: E402
 from prune_engine.encoding_cache import EncodingCache  # noqa: E402
 from prune_engine.evaluate import compare  # noqa: E402
-from prune_engine.importance import gradient_importance  # noqa: E402
+from prune_engine.importance import IMPORTANCE_BATCHES, gradient_importance  # noqa: E402
 from prune_engine.prune import prune_embedder  # noqa: E402
 from prune_engine.sources import load_embedder, resolve_model_dir  # noqa: E402
 from prune_engine.targets import ParameterBudget  # noqa: E402
@@ -128,10 +128,10 @@ def train(run_dir: Path, overrides: list[str]) -> tuple[object, float]:
 
 
 def importance_masks(original, budget: int):
-    """Head and neuron importance from 50 batches of 32 STS-B train pairs (the recipe's task data)."""
+    """Head and neuron importance from IMPORTANCE_BATCHES batches of 32 STS-B train pairs (the recipe's task data)."""
     pairs = load_training_data("sts", "train")
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
-    batches = [make_batch(pairs, order[i : i + 32]) for i in range(0, 32 * 50, 32)]
+    batches = [make_batch(pairs, order[i : i + 32]) for i in range(0, 32 * IMPORTANCE_BATCHES, 32)]
     return masks_for_budget(original.config, gradient_importance(original, batches), budget)
 
 

@@ -31,7 +31,7 @@ from .run_dir import TrainingError
 # gate still starts (almost) open, so the student starts as the teacher; the ranking is a head start
 # of about three log-alpha units that the size constraint meets first at the least important units.
 INIT_LOW, INIT_HIGH = 0.9, 0.995
-# Batches of task data that rank the units (the benchmarks' one-shot importance baseline uses 50 too).
+# Batches of task data that rank the units (also those of the benchmarks' one-shot importance baseline).
 IMPORTANCE_BATCHES = 50
 
 

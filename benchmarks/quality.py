@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,7 +52,7 @@ from benchmarks.baselines import evenly_spaced, layer_drop_masks, masks_for_budg
 from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.atomic import write_text_atomic  # noqa: E402
 from prune_engine.batches import make_batch  # noqa: E402
-from prune_engine.config import load_config  # noqa: E402
+from prune_engine.config import config_yaml, load_config  # noqa: E402
 from prune_engine.data import load_eval_data, load_training_data  # noqa: E402
 from prune_engine.encoding_cache import EncodingCache  # noqa: E402
 from prune_engine.evaluate import compare  # noqa: E402
@@ -113,15 +114,31 @@ class Scorer:
         return row
 
 
+def recipe_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Keys whose value in a finished run's config.yaml differs from the recipe's now (keys a run
+    predates are not compared: the values they had then are not on record)."""
+    changes = []
+    for key in saved.keys() & current.keys():
+        if isinstance(saved[key], dict) and isinstance(current[key], dict):
+            changes += recipe_changes(saved[key], current[key], f"{prefix}{key}.")
+        elif saved[key] != current[key]:
+            changes.append(f"{prefix}{key}: {saved[key]!r} then, {current[key]!r} now")
+    return changes
+
+
 def train(run_dir: Path, overrides: list[str]) -> tuple[object, float]:
     """Trains (or reuses the finished run in) `run_dir`; returns its export and its wall time."""
+    config = load_config(BASE_CONFIG, [f"output_dir={run_dir}", "eval_splits=[]", *overrides])
     status = run_dir / "status.json"
     if status.is_file() and json.loads(status.read_text())["state"] == "done":
+        changes = recipe_changes(yaml.safe_load((run_dir / "config.yaml").read_text()), yaml.safe_load(config_yaml(config)))
+        if changes:
+            sys.exit(f"{run_dir} was trained with another recipe ({'; '.join(changes)}): move it and its row in "
+                     "results/ aside to train the row again")
         print(f"{run_dir.name}: reusing the finished run", flush=True)
         last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
         return load_embedder(str(run_dir / "export"), trust_remote_code=True), last["elapsed_s"]
     start = time.perf_counter()
-    config = load_config(BASE_CONFIG, [f"output_dir={run_dir}", "eval_splits=[]", *overrides])
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     result = PruningRun(config, show_progress=True).run(resume=resume)
     return load_embedder(str(result.export_dir), trust_remote_code=True), time.perf_counter() - start

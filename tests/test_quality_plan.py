@@ -1,6 +1,15 @@
 """The quality table's plan: which rows one command runs, so the table can be spread over sessions."""
 
-from benchmarks.quality import CURVE_KEEPS, METHODS, PLOT_STYLE, TABLE_KEEPS, planned_rows, plot, row_key
+from benchmarks.quality import (
+    CURVE_KEEPS,
+    METHODS,
+    PLOT_STYLE,
+    TABLE_KEEPS,
+    planned_rows,
+    plot,
+    recipe_changes,
+    row_key,
+)
 
 
 def test_the_whole_table_is_every_method_at_half_and_a_third_and_l0_alone_on_the_curve():
@@ -45,3 +54,10 @@ def test_the_plot_draws_each_method_in_one_colour_as_retained_percent_with_the_s
             colours.setdefault(line.get_label(), set()).add(line.lines[0].get_color())
     assert sorted(colours) == sorted([PLOT_STYLE["l0"][0], PLOT_STYLE["layer_drop"][0]])
     assert all(len(c) == 1 for c in colours.values()) and colours[PLOT_STYLE["l0"][0]] != colours[PLOT_STYLE["layer_drop"][0]]
+
+
+def test_a_finished_run_of_another_recipe_is_named_not_reused():
+    saved = {"seed": 42, "loss": {"task": 0.03, "distill_tokens": 1.0}, "mask_fraction": 0.5}
+    assert recipe_changes(saved, {**saved, "gate_init": "auto"}) == []  # a key the run predates: not on record
+    changed = {**saved, "loss": {"task": 0.1, "distill_tokens": 1.0}, "mask_fraction": 0.3}
+    assert sorted(recipe_changes(saved, changed)) == ["loss.task: 0.03 then, 0.1 now", "mask_fraction: 0.5 then, 0.3 now"]

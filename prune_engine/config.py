@@ -34,7 +34,7 @@ from .targets import (
 )
 
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
-GATE_INITS = ("uniform", "importance")
+GATE_INITS = ("auto", "importance", "uniform")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ba|ep)\s*$")
 TARGET_KEYS = ("target_model", "target_params", "target_speedup", "target_latency", "fixed_masks")
 # Keys of earlier versions, and what replaced them.
@@ -194,9 +194,10 @@ class RunConfig:
     align_ffn: int | None = field(default=None, metadata=AT_LEAST_ONE)
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn"])
     fixed_masks: str | None = None  # a final_masks.json: skip learning masks, prune to it and fine-tune
-    # Where the head and FFN gates start: "uniform" (all at P(kept) 0.99) or "importance" (ranked by
-    # the task loss's gradient importance on the run's first batches; needs task data, `dataset`).
-    gate_init: str = "uniform"
+    # Where the head and FFN gates start: "importance" (ranked by the task loss's gradient importance
+    # on seeded batches of the task data; needs pairs), "uniform" (all at P(kept) 0.99), or "auto":
+    # importance when the task data are scored or query-passage pairs, uniform otherwise.
+    gate_init: str = "auto"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     batch_size: int = field(default=16, metadata=AT_LEAST_TWO)  # the losses compare texts within a batch

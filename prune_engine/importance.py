@@ -1,6 +1,6 @@
 """Gradient importance of attention heads and FFN neurons (Michel, Levy & Neubig 2019, "Are Sixteen
-Heads Really Better than One?"): where L0's gates may start (`gate_init: importance`), and the
-one-shot baseline the benchmarks measure L0 against.
+Heads Really Better than One?"): where L0's gates start (`gate_init: auto` with task pairs, or
+`importance`), and the one-shot baseline the benchmarks measure L0 against.
 
 Importance of a unit = |sum over examples of d(task loss)/d(gate)| with every gate at 1: the
 first-order change of the loss when the unit is removed, normalised per layer (L2) as the paper
@@ -76,10 +76,15 @@ def keep_probabilities(scores: list[torch.Tensor], low: float = INIT_LOW, high: 
     return low + (high - low) * ranks / max(flat.numel() - 1, 1)
 
 
+def starts_ranked(config: RunConfig, data: TrainingData) -> bool:
+    """Whether the gates start ranked by importance: asked for, or `auto` with pairs to rank them on."""
+    return config.gate_init == "importance" or (config.gate_init == "auto" and data.kind != "text")
+
+
 def gate_start(student: Embedder, data: TrainingData, config: RunConfig, length: int) -> dict[str, torch.Tensor] | None:
-    """A run's initial head and FFN keep probabilities under `gate_init: importance` (None: uniform),
+    """A run's initial head and FFN keep probabilities when its gates start ranked (None: uniform),
     ranked on IMPORTANCE_BATCHES seeded batches of its task data (the same on every process)."""
-    if config.gate_init != "importance":
+    if not starts_ranked(config, data):
         return None
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed)).tolist()
     size = config.batch_size

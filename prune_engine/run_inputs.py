@@ -20,10 +20,17 @@ from .config import RunConfig
 from .data import DataError, TextCorpus, TrainingData, load_texts, load_training_data, resolve_dataset
 from .documents import NO_DOCUMENTS_WARNING, DocumentSplit, choose_length, load_documents, split_documents
 from .embedder import Embedder
+from .importance import starts_ranked
 from .latency import LatencyModel, calibrate
 from .run_dir import RunDirectory, TrainingError
 from .sources import load_embedder
 from .targets import SizeTarget
+
+UNRANKED_GATES_NOTE = (
+    "the gates start uniform: there are no task pairs to rank heads and neurons by importance "
+    "(gate_init: auto). Scored or query-passage pairs (dataset: sts, msmarco or your own) rank them "
+    "first, which kept more in benchmarks/RESULTS.md; set gate_init: uniform to silence this note"
+)
 
 # Settings that change how a run is logged or reported, not what it trains: a resume may change them.
 RESULT_NEUTRAL_KEYS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "output_dir", "eval_splits",
@@ -188,5 +195,7 @@ def load_inputs(config: RunConfig, directory: RunDirectory) -> RunInputs:
     warnings: list[str] = []
     if documents is None:
         warnings.append(NO_DOCUMENTS_WARNING)
+    if target.learns_masks and config.gate_init == "auto" and not starts_ranked(config, data):
+        warnings.append(UNRANKED_GATES_NOTE)
     length = _length(config, teacher, documents, warnings)
     return RunInputs(data, documents, training_documents, teacher, target, length, warnings)

@@ -1,4 +1,4 @@
-"""Gradient importance as where L0's gates start (`gate_init: importance`)."""
+"""Gradient importance as where L0's gates start (`gate_init: auto | importance`)."""
 
 import json
 
@@ -62,10 +62,24 @@ def first_head_gates(run_dir) -> list[float]:
 
 
 def test_an_importance_start_spreads_the_gates_a_uniform_start_does_not(tiny_model_dir, tmp_path):
-    uniform = PruningRun(tiny_config(tiny_model_dir, tmp_path / "uniform", "max_duration=2ba", "eval_splits=[]")).run()
+    uniform = PruningRun(tiny_config(tiny_model_dir, tmp_path / "uniform", "max_duration=2ba", "eval_splits=[]",
+                                     "gate_init=uniform")).run()
     ranked = PruningRun(tiny_config(tiny_model_dir, tmp_path / "ranked", "max_duration=2ba", "eval_splits=[]",
                                     "gate_init=importance")).run()
     assert min(first_head_gates(uniform.run_dir)) > 0.95
     heads = first_head_gates(ranked.run_dir)
     assert min(heads) < 0.8 and max(heads) > 0.95  # the least important head starts half closed
     assert "gate_init: importance" in (ranked.run_dir / "config.yaml").read_text().replace("'", "")
+
+
+def test_auto_ranks_the_gates_on_pairs_and_says_why_not_on_plain_texts(tiny_model_dir, tmp_path):
+    events = []
+    pairs = PruningRun(tiny_config(tiny_model_dir, tmp_path / "pairs", "max_duration=2ba", "eval_splits=[]")).run()
+    assert load_config(pairs.run_dir / "config.yaml").gate_init == "auto"  # the default
+    heads = first_head_gates(pairs.run_dir)
+    assert min(heads) < 0.8 and max(heads) > 0.95  # STS-B pairs: ranked, as `importance`
+    texts = PruningRun(tiny_config(tiny_model_dir, tmp_path / "texts", f"dataset={DEMO_SENTENCES}", "max_duration=2ba",
+                                   "eval_splits=[]"), callbacks=[events.append]).run()
+    assert min(first_head_gates(texts.run_dir)) > 0.95  # plain texts: nothing to rank on, uniform ...
+    notes = [event.message for event in events if event.kind == "warning"]
+    assert any("gates start uniform" in note and "gate_init: uniform" in note for note in notes)  # ... and said so

@@ -204,8 +204,9 @@ class L0Masks(nn.Module):
         return sum(g.decided_fraction() * len(g) for g in self.groups.values()) / max(total, 1)
 
     def scores(self) -> dict[str, list[torch.Tensor]]:
-        """Per-layer gate scores (log_alpha): the ranking the final top-k selection uses."""
-        return {name: group.split(group.log_alpha.detach()) for name, group in self.groups.items()}
+        """Per-layer gate scores (log_alpha): the ranking the final top-k selection uses, on the CPU
+        where the binary masks it makes live (beside the ungated structures' all-kept masks)."""
+        return {name: group.split(group.log_alpha.detach().cpu()) for name, group in self.groups.items()}
 
     def deterministic_values(self) -> dict[str, list[torch.Tensor]]:
         """Per-layer deterministic gate values in [0, 1], for heatmaps and snapshots."""

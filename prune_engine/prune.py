@@ -26,7 +26,7 @@ _NEURON_COLUMNS = ("output.dense",)
 def _head_feature_indices(kept_heads: torch.Tensor, head_size: int) -> torch.Tensor:
     """Kept head numbers -> their feature indices: head h owns features h*head_size ... +head_size-1."""
     heads = torch.nonzero(kept_heads).flatten()
-    return (heads[:, None] * head_size + torch.arange(head_size)).flatten()
+    return (heads[:, None] * head_size + torch.arange(head_size, device=heads.device)).flatten()  # (kept heads * head_size,)
 
 
 def _slice_layer(state: dict, old: int, new: int, heads: torch.Tensor, neurons: torch.Tensor) -> dict:

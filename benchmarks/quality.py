@@ -22,6 +22,7 @@ and the measured speedup.
     python benchmarks/quality.py --documents scifact --keep 0.5 --methods l0 --seeds 42 1
     python benchmarks/quality.py --table          # the table RESULTS.md leads with
     python benchmarks/quality.py --plot           # results/quality_documents_curve.png
+    python benchmarks/quality.py --speedups       # after rows trained on a GPU: their speedups, on this CPU
 
 The whole table (no --keep): both corpora, every method at half and a third of the encoder, L0
 also at 0.75 and 0.2, two seeds per trained row. Steps: 1,000 at half the encoder and for the
@@ -53,19 +54,24 @@ from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine.atomic import write_text_atomic  # noqa: E402
 from prune_engine.batches import make_batch  # noqa: E402
 from prune_engine.config import config_yaml, load_config  # noqa: E402
-from prune_engine.data import load_eval_data, load_training_data  # noqa: E402
+from prune_engine.data import load_eval_data, load_training_data, shared_data_dir  # noqa: E402
 from prune_engine.encoding_cache import EncodingCache  # noqa: E402
 from prune_engine.evaluate import compare  # noqa: E402
 from prune_engine.importance import IMPORTANCE_BATCHES, gradient_importance  # noqa: E402
+from prune_engine.l0 import StructureMasks  # noqa: E402
+from prune_engine.latency import machine_description  # noqa: E402
 from prune_engine.prune import prune_embedder  # noqa: E402
 from prune_engine.sources import load_embedder, resolve_model_dir  # noqa: E402
 from prune_engine.targets import ParameterBudget  # noqa: E402
 from prune_engine.trainer import PruningRun  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs" / "minilm_documents.yaml"
-DATA = ROOT.parent / "shared" / "data"
-DOCUMENTS = {"scifact": DATA / "scifact" / "corpus.jsonl", "trec": DATA / "msmarco" / "trec-dl-2019-beir" / "corpus.jsonl"}
-RETRIEVAL = {"scifact": "mteb/scifact", "trec": str(DATA / "msmarco" / "trec-dl-2019-beir")}
+# Inside the shared data folder ($PRUNE_ENGINE_DATA, else ../shared/data).
+DOCUMENTS = {"scifact": "scifact/corpus.jsonl", "trec": "msmarco/trec-dl-2019-beir/corpus.jsonl"}
+RETRIEVAL = {"scifact": "mteb/scifact", "trec": "msmarco/trec-dl-2019-beir"}
+# Rows train and score on the GPU where there is one; speedups are measured on CPUs only (the
+# product's serving figure), so a GPU machine leaves them to `--speedups` on the CPU machine.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 METHODS = ("l0", "layer_drop", "layer_drop_distilled", "importance", "unpruned")
 RESULTS = ROOT / "benchmarks" / "results"
 MIXED = "pruned_queries_original_index/ndcg_at_10"
@@ -88,16 +94,27 @@ class Scorer:
     """Scores a model against the original; the original's encodings come from the disk cache."""
 
     def __init__(self):
-        self.original = load_embedder("minilm")
+        self.original = load_embedder("minilm").to(DEVICE)
         self.cache = EncodingCache(resolve_model_dir("minilm"), self.original)
         self.sts_texts = load_eval_data("sts", "test").sentences1[:512]
 
+    def speedup(self, model) -> dict:
+        """The measured speedup and the processor it was measured on; nothing on a GPU machine."""
+        if DEVICE.type != "cpu":
+            return {}
+        return {"measured_speedup": measured_speedup(self.original, model, self.sts_texts),
+                "speedup_machine": machine_description(DEVICE)}
+
     def __call__(self, model, run_dir: Path | None, wall_s: float) -> dict:
+        model = model.to(DEVICE)
         row = {"encoder_parameters": encoder_parameters(model), "wall_s": wall_s,
-               "measured_speedup": measured_speedup(self.original, model, self.sts_texts)}
+               "machine": machine_description(DEVICE), "torch": torch.__version__, **self.speedup(model)}
+        if DEVICE.type == "cuda":
+            row["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
         sts = compare(self.original, model, "sts", ("test",), original_cache=self.cache)["splits"]["test"]["metrics"]
         row["stsb"] = sts["spearman"]["pruned"]
         for name, dataset in RETRIEVAL.items():
+            dataset = dataset if dataset.startswith("mteb/") else str(shared_data_dir() / dataset)
             figures = compare(self.original, model, dataset, ("test",), original_cache=self.cache)["splits"]["test"]["metrics"]
             row[name] = figures["ndcg_at_10"]["pruned"]
             row[f"{name}_index"] = figures[MIXED]["pruned"]
@@ -112,6 +129,19 @@ class Scorer:
         row = self(self.original, None, 0.0)
         row["measured_speedup"] = 1.0
         return row
+
+    def remeasure_speedup(self, key: str, row: dict) -> dict:
+        """A row's speedup measured on this CPU from its structure alone (the final masks of its
+        run, or the evenly spaced layers of an untrained layer drop): speed does not depend on the
+        weights, so rows trained elsewhere need not travel with their models."""
+        method, keep = key.split("/")[1], key.split("/")[2]
+        if row.get("run_dir"):
+            masks = StructureMasks.from_dict(json.loads((ROOT / row["run_dir"] / "final_masks.json").read_text()))
+        else:
+            layers = self.original.config.num_hidden_layers
+            assert method == "layer_drop", key
+            masks = layer_drop_masks(self.original.config, evenly_spaced(layers, max(1, round(layers * int(keep[4:]) / 100))))
+        return {**row, **self.speedup(prune_embedder(self.original, masks))}
 
 
 def recipe_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -204,7 +234,8 @@ def summary(rows: dict) -> dict[str, dict]:
         groups.setdefault(key.rsplit("/seed", 1)[0], []).append(row)
     out = {}
     for group, members in groups.items():
-        out[group] = {"seeds": len(members), "encoder_parameters": members[0]["encoder_parameters"]}
+        out[group] = {"seeds": len(members), "encoder_parameters": members[0]["encoder_parameters"],
+                      "machines": sorted({m.get("machine", "?") for m in members})}
         for figure, _ in (*FIGURES, ("measured_speedup", "")):
             values = [m[figure] for m in members if figure in m]
             if values:
@@ -215,7 +246,7 @@ def summary(rows: dict) -> dict[str, dict]:
 def markdown_table(rows: dict) -> str:
     groups = summary(rows)
     original = groups.get("original", {})
-    header = ["rows", "encoder params", "seeds", *(label for _, label in FIGURES), "speedup"]
+    header = ["rows", "encoder params", "seeds", *(label for _, label in FIGURES), "speedup", "machine"]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for group in sorted(groups, key=lambda g: (g != "original", g.split("/")[0], -groups[g]["encoder_parameters"], g)):
         cells = [group, f"{groups[group]['encoder_parameters']:,}", str(groups[group]["seeds"])]
@@ -228,7 +259,9 @@ def markdown_table(rows: dict) -> str:
             kept = f" ({mean / base:.1%})" if base and figure != "label_free_retained" else ""
             value = f"{mean:.1%}" if figure == "label_free_retained" else f"{mean:.2f}"
             cells.append(value + (f" ±{spread / 2:.2f}" if groups[group]["seeds"] > 1 and figure != "label_free_retained" else "") + kept)
-        cells.append(f"{groups[group]['measured_speedup'][0]:.2f}x")
+        speedup = groups[group].get("measured_speedup")
+        cells.append(f"{speedup[0]:.2f}x" if speedup else "–")
+        cells.append(", ".join(groups[group]["machines"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -309,7 +342,7 @@ def run_row(scorer: Scorer, runs: Path, results: Path, environment: dict, row_sp
         row, run_dir = scorer(model, None, 0.0), None
     else:
         run_dir = runs / key.replace("/", "_")
-        model, wall = train(run_dir, [f"documents={DOCUMENTS[documents]}", f"seed={seed}",
+        model, wall = train(run_dir, [f"documents={shared_data_dir() / DOCUMENTS[documents]}", f"seed={seed}",
                                       f"max_duration={steps}ba", *overrides, *overrides_for_all])
         row = scorer(model, run_dir, wall)
     save_row(results, key, {**row, "steps": steps if run_dir else 0, "command": environment["command"],
@@ -349,11 +382,20 @@ def main() -> None:
     parser.add_argument("--pending", action="store_true", help="list the rows still to run and stop")
     parser.add_argument("--table", action="store_true", help="print the table of results/<name>.json and stop")
     parser.add_argument("--plot", action="store_true", help="draw results/<name>_curve.png and stop")
+    parser.add_argument("--speedups", action="store_true",
+                        help="measure on this CPU the speedups of rows scored on a GPU machine, and stop")
     args = parser.parse_args()
     results = RESULTS / f"{args.name}.json"
     if args.table or args.plot:
         if args.plot:
             plot(load_rows(results), RESULTS / f"{args.name}_curve.png")
+        print(markdown_table(load_rows(results)))
+        return
+    if args.speedups:
+        scorer, environment = Scorer(), describe()
+        for key, row in load_rows(results).items():
+            if "measured_speedup" not in row:
+                save_row(results, key, scorer.remeasure_speedup(key, row), finished(environment))
         print(markdown_table(load_rows(results)))
         return
     done = load_rows(results)
@@ -363,7 +405,7 @@ def main() -> None:
         return
     runs = ROOT / "runs" / args.name
     runs.mkdir(parents=True, exist_ok=True)
-    environment = describe()
+    environment = describe(DEVICE)
     if "original" not in done or args.jobs == 1:
         scorer = Scorer()
         if "original" not in done:

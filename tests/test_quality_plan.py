@@ -1,15 +1,24 @@
-"""The quality table's plan: which rows one command runs, so the table can be spread over sessions."""
+"""The quality table's plan: which rows one command runs, so the table can be spread over sessions
+(and machines)."""
 
+import json
+
+import torch
+
+import benchmarks.quality as quality
+from benchmarks.baselines import layer_drop_masks
 from benchmarks.quality import (
     CURVE_KEEPS,
     METHODS,
     PLOT_STYLE,
     TABLE_KEEPS,
+    markdown_table,
     planned_rows,
     plot,
     recipe_changes,
     row_key,
 )
+from prune_engine.latency import machine_description
 
 
 def test_the_whole_table_is_every_method_at_half_and_a_third_and_l0_alone_on_the_curve():
@@ -61,3 +70,25 @@ def test_a_finished_run_of_another_recipe_is_named_not_reused():
     assert recipe_changes(saved, {**saved, "gate_init": "auto"}) == []  # a key the run predates: not on record
     changed = {**saved, "loss": {"task": 0.1, "distill_tokens": 1.0}, "mask_fraction": 0.3}
     assert sorted(recipe_changes(saved, changed)) == ["loss.task: 0.03 then, 0.1 now", "mask_fraction: 0.5 then, 0.3 now"]
+
+
+def test_a_row_trained_on_a_gpu_gets_its_speedup_measured_on_this_cpu_from_its_final_masks(tmp_path, monkeypatch):
+    scorer = quality.Scorer()
+    masks = layer_drop_masks(scorer.original.config, [0, 2, 4])
+    masks.heads[2][:4] = False  # layer 2 keeps 8 of its 12 heads
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "final_masks.json").write_text(json.dumps(masks.as_dict()))
+    monkeypatch.setattr(quality, "ROOT", tmp_path)
+    timed = []
+    monkeypatch.setattr(quality, "measured_speedup", lambda original, pruned, texts: timed.append(pruned) or 2.5)
+    row = {"encoder_parameters": 5, "machine": "NVIDIA H200", "stsb": 80.0, "run_dir": "run"}
+
+    measured = scorer.remeasure_speedup("trec/l0/keep50/seed42", row)
+    assert measured == {**row, "measured_speedup": 2.5, "speedup_machine": machine_description(torch.device("cpu"))}
+    assert timed[0].config.heads_per_layer == [12, 8, 12]  # the run's structure, timed with the original's weights
+    scorer.remeasure_speedup("trec/layer_drop/keep33", {"run_dir": None})  # untrained: its evenly spaced layers
+    assert timed[1].config.num_hidden_layers == 2
+
+    original = {"encoder_parameters": 10, "stsb": 80.0, "measured_speedup": 1.0, "machine": "AMD EPYC, 2 cores"}
+    table = markdown_table({"original": original, "trec/l0/keep50/seed42": row})
+    assert table.splitlines()[-1].endswith("| 80.00 (100.0%) | – | – | – | – | – | – | NVIDIA H200 |")  # no speedup yet

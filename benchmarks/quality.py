@@ -134,13 +134,10 @@ class Scorer:
         """A row's speedup measured on this CPU from its structure alone (the final masks of its
         run, or the evenly spaced layers of an untrained layer drop): speed does not depend on the
         weights, so rows trained elsewhere need not travel with their models."""
-        method, keep = key.split("/")[1], key.split("/")[2]
         if row.get("run_dir"):
             masks = StructureMasks.from_dict(json.loads((ROOT / row["run_dir"] / "final_masks.json").read_text()))
-        else:
-            layers = self.original.config.num_hidden_layers
-            assert method == "layer_drop", key
-            masks = layer_drop_masks(self.original.config, evenly_spaced(layers, max(1, round(layers * int(keep[4:]) / 100))))
+        else:  # "<documents>/layer_drop/keep<percent>"
+            masks = evenly_spaced_masks(self.original.config, int(key.rsplit("/keep", 1)[1]) / 100)
         return {**row, **self.speedup(prune_embedder(self.original, masks))}
 
 
@@ -182,6 +179,11 @@ def importance_masks(original, budget: int):
     return masks_for_budget(original.config, gradient_importance(original, batches), budget)
 
 
+def evenly_spaced_masks(config, keep: float):
+    """Evenly spaced whole layers, `keep` of them (at least one): the layer-drop rows' structure."""
+    return layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, max(1, round(config.num_hidden_layers * keep))))
+
+
 def structure_overrides(method: str, keep: float, masks_dir: Path, original) -> list[str] | None:
     """The config overrides that make a method's structure (None: the method is not trained)."""
     config = original.config
@@ -190,7 +192,7 @@ def structure_overrides(method: str, keep: float, masks_dir: Path, original) -> 
     if method == "unpruned":
         masks = layer_drop_masks(config, list(range(config.num_hidden_layers)))
     elif method == "layer_drop_distilled":
-        masks = layer_drop_masks(config, evenly_spaced(config.num_hidden_layers, max(1, round(config.num_hidden_layers * keep))))
+        masks = evenly_spaced_masks(config, keep)
     elif method == "importance":
         masks = importance_masks(original, ParameterBudget.from_fraction(config, keep).parameters)
     else:
@@ -336,9 +338,7 @@ def run_row(scorer: Scorer, runs: Path, results: Path, environment: dict, row_sp
     steps = steps or (1000 if method == "unpruned" or abs(keep - 0.5) < 1e-9 else 600)
     key = row_key(documents, method, keep, seed)
     if overrides is None:  # untrained layer drop
-        layers = evenly_spaced(scorer.original.config.num_hidden_layers,
-                               max(1, round(scorer.original.config.num_hidden_layers * keep)))
-        model = prune_embedder(scorer.original, layer_drop_masks(scorer.original.config, layers))
+        model = prune_embedder(scorer.original, evenly_spaced_masks(scorer.original.config, keep))
         row, run_dir = scorer(model, None, 0.0), None
     else:
         run_dir = runs / key.replace("/", "_")

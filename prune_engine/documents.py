@@ -168,9 +168,13 @@ class LengthChoice:
 
 
 def choose_length(tokenizer, texts: list[str], model_limit: int) -> LengthChoice:
-    """The training length for these documents, from a sample of their token lengths."""
+    """The training length for these documents, from a sample of their token lengths.
+
+    The sample is tokenized whole on purpose, so the tokenizer's "longer than the model's maximum"
+    warning is silenced: nothing this long ever reaches the model.
+    """
     step = max(1, math.ceil(len(texts) / LENGTH_SAMPLE))
-    lengths = sorted(len(ids) for ids in tokenizer(texts[::step], truncation=False)["input_ids"])
+    lengths = sorted(len(ids) for ids in tokenizer(texts[::step], truncation=False, verbose=False)["input_ids"])
     quantile = lengths[min(len(lengths) - 1, math.ceil(LENGTH_QUANTILE * len(lengths)) - 1)]
     rounded = math.ceil(quantile / LENGTH_STEP) * LENGTH_STEP
     return LengthChoice(min(rounded, model_limit, AUTO_LENGTH_CAP), lengths[len(lengths) // 2], quantile, model_limit)

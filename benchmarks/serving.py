@@ -8,13 +8,16 @@ medians reported. Quality: STS-B test Spearman (SciFact test nDCG@10 with --scif
 variant at the model's own max length. Goals: pruned int8 at least 4x the original's throughput at
 batch 32, and at most 1% of STS-B lost against the pruned fp32 model.
 
+--study instead compares candidate int8 settings on one ONNX graph. It chooses a setting, so it
+scores on dev data: STS-B dev, and SciFact's train queries with --scifact.
+
 The pruned model is `--export DIR` (ONNX files are written into it when missing) or, by default,
 an UNTRAINED one built here: layers 1, 3, 5 of MiniLM (evenly spaced, half the encoder), no
 fine-tuning, so its quality figures show what int8 keeps, not what pruning can reach.
 
     flock /tmp/cpu-heavy.lock env OMP_NUM_THREADS=1 python benchmarks/serving.py --threads 1
     python benchmarks/serving.py --threads 1 --export runs/<run>/export --scifact
-    python benchmarks/serving.py --threads 1 --study   # also compare int8 quantisation settings
+    python benchmarks/serving.py --threads 1 --export runs/<run>/export --study --scifact
 Writes benchmarks/results/serving_cpu.json and .md (serving_quantization_cpu.* with --study).
 """
 
@@ -24,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -37,8 +41,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from baselines import evenly_spaced  # noqa: E402
-
+from benchmarks.baselines import evenly_spaced  # noqa: E402
 from benchmarks.machine import describe, finished  # noqa: E402
 from prune_engine import serving  # noqa: E402
 from prune_engine.data import load_eval_data  # noqa: E402
@@ -237,19 +240,38 @@ def markdown(rows: list[dict], goal: dict, env: dict) -> str:
     return "\n".join(lines)
 
 
-def study(export_dir: Path, work: Path) -> list[dict]:
-    """Each candidate int8 setting on the same fp32 graph: throughput at batch 32 (interleaved),
-    STS-B Spearman, cosine to fp32 over the STS-B test sentences, file size."""
+def last_layer_matmuls(fp32_path: Path) -> list[str]:
+    """The MatMul nodes of the encoder's last layer, found by the module scope the exporter records."""
+    import onnx
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    scopes = {node.name: {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+              for node in graph.node if node.op_type == "MatMul"}
+    layers = [int(index) for scope in scopes.values() for index in re.findall(r"encoder\.layer\.(\d+)'", scope)]
+    if not layers:
+        sys.exit(f"{fp32_path}: the graph records no layer scopes; export it again to study its last layer")
+    return [name for name, scope in scopes.items() if f"encoder.layer.{max(layers)}'" in scope]
+
+
+def study(export_dir: Path, work: Path, scifact: bool) -> list[dict]:
+    """Each candidate int8 setting on the same fp32 graph: throughput at batch 32 (interleaved), file
+    size, and on dev data STS-B Spearman, cosine to fp32 over its sentences, SciFact with `scifact`."""
     fp32_path = export_dir / serving.ONNX_SUBDIR / serving.VARIANT_FILES["fp32"]
-    models, paths = {"fp32": serving.OnnxEmbedder(export_dir, "fp32")}, {"fp32": fp32_path}
-    for index, (name, settings) in enumerate(STUDY.items()):
-        candidate = work / f"candidate{index}"
-        shutil.copytree(export_dir, candidate, ignore=shutil.ignore_patterns("*.safetensors", serving.ONNX_SUBDIR))
-        (candidate / serving.ONNX_SUBDIR).mkdir()
-        paths[name] = candidate / serving.ONNX_SUBDIR / serving.VARIANT_FILES["int8"]
+    candidates = {**STUDY, "MatMul + Gather, per-channel, last layer in fp32":
+                  {**serving.QUANTIZATION, "nodes_to_exclude": last_layer_matmuls(fp32_path)}}
+    paths, directories = {"fp32": fp32_path}, {"fp32": export_dir}
+    for index, (name, settings) in enumerate(candidates.items()):
+        directories[name] = work / f"candidate{index}"
+        shutil.copytree(export_dir, directories[name], ignore=shutil.ignore_patterns("*.safetensors", serving.ONNX_SUBDIR))
+        (directories[name] / serving.ONNX_SUBDIR).mkdir()
+        paths[name] = directories[name] / serving.ONNX_SUBDIR / serving.VARIANT_FILES["int8"]
         serving.quantize_onnx(fp32_path, paths[name], settings)
-        models[name] = serving.OnnxEmbedder(candidate, "int8")
-    sts = load_eval_data("sts", "test")
+
+    def load(name: str) -> serving.OnnxEmbedder:
+        return serving.OnnxEmbedder(directories[name], "fp32" if name == "fp32" else "int8")
+
+    models = {name: load(name) for name in directories}
+    sts = load_eval_data("sts", "dev")
     speed = throughput(models, timing_texts(sts.sentences1, models["fp32"].tokenizer), 32)
     sentences = sorted({*sts.sentences1, *sts.sentences2})
     reference = models["fp32"].encode(sentences)
@@ -258,13 +280,19 @@ def study(export_dir: Path, work: Path) -> list[dict]:
         cosines = (model.encode(sentences) * reference).sum(axis=1)
         rows.append({
             "setting": name,
-            "quantize_dynamic": None if name == "fp32" else dict(STUDY[name]),
+            "quantize_dynamic": None if name == "fp32" else dict(candidates[name]),
             "size_mb": file_megabytes(paths[name]),
             "texts_per_s_batch32": speed[name],
-            "sts_spearman": evaluate(model, sts)["spearman"],
+            "sts_dev_spearman": evaluate(model, sts)["spearman"],
             "min_cosine_to_fp32": float(cosines.min()),
             "mean_cosine_to_fp32": float(cosines.mean()),
         })
+    del models, model  # each ONNX Runtime session keeps its peak arena: seven at SciFact's lengths took 14 GB
+    if scifact:
+        task = load_eval_data("mteb/scifact", "train")
+        for row in rows:
+            print(f"SciFact train queries: {row['setting']}", file=sys.stderr)
+            row["scifact_train_ndcg_at_10"] = evaluate(load(row["setting"]), task)["ndcg_at_10"]
     return rows
 
 
@@ -274,13 +302,18 @@ def study_markdown(rows: list[dict], env: dict) -> str:
         f"{env['load_before']} before, {env['load_after']} after; {env['date']}. Model: {env['pruned_model']}.",
         f"Command: `{env['command']}`",
         "",
-        "| int8 setting | size MB | texts/s batch 32 | STS-B test | min cosine to fp32 | mean cosine |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Dev data only (the study chooses a setting): STS-B dev, SciFact's train queries; cosines over STS-B dev.",
+        "",
+        "| int8 setting | size MB | texts/s batch 32 | STS-B dev | SciFact train nDCG@10 | min cosine to fp32 | mean cosine |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    fp32 = rows[0].get("scifact_train_ndcg_at_10")
     for row in rows:
+        scifact = row.get("scifact_train_ndcg_at_10")
         lines.append(
-            f"| {row['setting']} | {row['size_mb']:.1f} | {row['texts_per_s_batch32']:.1f} | {row['sts_spearman']:.2f} | "
-            f"{row['min_cosine_to_fp32']:.4f} | {row['mean_cosine_to_fp32']:.4f} |"
+            f"| {row['setting']} | {row['size_mb']:.1f} | {row['texts_per_s_batch32']:.1f} | {row['sts_dev_spearman']:.2f} | "
+            + (f"{scifact:.2f} ({scifact / fp32:.2%}) | " if scifact is not None else "not run (--scifact) | ")
+            + f"{row['min_cosine_to_fp32']:.4f} | {row['mean_cosine_to_fp32']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -296,8 +329,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", help="a pruned export directory (default: an untrained half MiniLM built here)")
     parser.add_argument("--threads", type=int, help="threads for PyTorch and ONNX Runtime alike (default: torch's)")
-    parser.add_argument("--scifact", action="store_true", help="also SciFact test nDCG@10 (slow: minutes per variant)")
-    parser.add_argument("--study", action="store_true", help="also compare int8 quantisation settings")
+    parser.add_argument("--scifact", action="store_true",
+                        help="also SciFact nDCG@10: test queries, or train queries with --study (slow: minutes per variant)")
+    parser.add_argument("--study", action="store_true", help="instead compare int8 quantisation settings, on dev data")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,14 +340,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as work:
         export_dir = Path(args.export).resolve() if args.export else untrained_half_minilm(original, Path(work) / "export")
         ensure_onnx(export_dir)
-        models, sizes = variants(original, export_dir)
-        rows = serving_rows(models, sizes, args.scifact)
-        goal = goals(rows)
-        study_rows = study(export_dir, Path(work)) if args.study else None
+        if args.study:
+            study_rows = study(export_dir, Path(work), args.scifact)
+        else:
+            rows = serving_rows(*variants(original, export_dir), args.scifact)
     finished(env)
-    write("serving_cpu", {"environment": env, "rows": rows, "goals": goal}, markdown(rows, goal, env))
-    if study_rows:
+    if args.study:
         write("serving_quantization_cpu", {"environment": env, "rows": study_rows}, study_markdown(study_rows, env))
+    else:
+        write("serving_cpu", {"environment": env, "rows": rows, "goals": goals(rows)}, markdown(rows, goals(rows), env))
 
 
 if __name__ == "__main__":

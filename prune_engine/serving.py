@@ -45,11 +45,11 @@ GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 20  # torch 2.13's exporter default, pinned so a torch upgrade cannot outrun ONNX Runtime
 EQUALITY_TOLERANCE = 1e-4  # max abs difference of pooled, normalised vectors, ONNX fp32 vs PyTorch
 # Dynamic int8 (activations quantised per batch at run time), chosen on this CPU (AMD EPYC, VNNI)
-# by `benchmarks/serving.py --study` (results/serving_quantization_cpu.md): per-channel MatMul
-# weights, since per-tensor scales lose MiniLM's outlier channels (STS-B 66.86 against fp32's 69.76,
-# min cosine 0.92); the embedding tables (Gather) too, a third of the file size (17.7 against 53.4 MB)
-# at the same speed and STS-B within noise of MatMul-only (69.35 / 68.97; mean cosine to fp32 0.994
-# / 0.995). reduce_range (meant for CPUs without VNNI) measured no better, uint8 weights slower.
+# by `benchmarks/serving.py --study --scifact` on dev data (results/serving_quantization_cpu.md):
+# per-channel MatMul weights, since per-tensor scales lose outlier channels (min cosine to fp32 0.96
+# against 0.99); the embedding tables (Gather) too, a third of the file size (18.0 against 53.7 MB)
+# at the same speed and quality (SciFact train queries 99.58% of fp32, MatMul-only 99.48%).
+# reduce_range (meant for CPUs without VNNI) measured within noise, uint8 weights slower.
 QUANTIZATION = {"op_types_to_quantize": ["MatMul", "Gather"], "per_channel": True, "reduce_range": False,
                 "weight_type": "QInt8"}
 # Weights beyond the protobuf's 2 GiB limit (BGE-M3 in fp32) go to `model.onnx.data` beside the graph.

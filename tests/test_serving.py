@@ -192,6 +192,25 @@ def test_large_models_keep_weights_beside_the_graph(minilm, real_sentences, tmp_
 # --- bad input ------------------------------------------------------------------------------------
 
 
+def test_the_int8_study_finds_every_weight_matmul_of_the_last_layer(minilm_exports):
+    """`benchmarks/serving.py --study` keeps the last layer in fp32 by the module scopes the exporter
+    records; a torch that stopped recording them would make that candidate quantise everything."""
+    import onnx
+
+    from benchmarks.serving import last_layer_matmuls
+
+    directory, _ = minilm_exports["stock"]  # source layers 0, 2, 4: the export's layers 0, 1, 2
+    graph_path = directory / serving.ONNX_SUBDIR / serving.VARIANT_FILES["fp32"]
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    chosen = set(last_layer_matmuls(graph_path))
+    weight_matmuls = [n for n in graph.node if n.op_type == "MatMul" and weights.intersection(n.input)]
+    in_last_layer = {n.name for n in weight_matmuls if n.name in chosen}
+    assert len(weight_matmuls) == 3 * 6 and len(in_last_layer) == 6  # Q, K, V, attention out, FFN in, FFN out
+    assert all("layer.2" in dict((p.key, p.value) for p in n.metadata_props)["pkg.torch.onnx.name_scopes"]
+               for n in weight_matmuls if n.name in in_last_layer)
+
+
 def test_a_directory_that_is_not_an_export_is_refused(tmp_path, minilm_exports):
     with pytest.raises(ServingError, match="not a directory"):
         export_onnx(tmp_path / "missing")

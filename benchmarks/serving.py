@@ -18,7 +18,7 @@ fine-tuning, so its quality figures show what int8 keeps, not what pruning can r
     flock /tmp/cpu-heavy.lock env OMP_NUM_THREADS=1 python benchmarks/serving.py --threads 1
     python benchmarks/serving.py --threads 1 --export runs/<run>/export --scifact
     python benchmarks/serving.py --threads 1 --export runs/<run>/export --study --scifact
-Writes benchmarks/results/serving_cpu.json and .md (serving_quantization_cpu.* with --study).
+Writes benchmarks/results/serving_cpu.json and .md; with --study, serving_quantization_cpu.* instead.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def training_state(run: PruningRun) -> dict:
             "masks": state_of(run.masks), "lagrangian": state_of(run.lagrangian),
             "final_masks": run.final_masks.as_dict() if run.final_masks is not None else None,
             "optimizer": run.optimizer.state_dict(), "lagrangian_optimizer": state_of(run.lagrangian_optimizer),
-            "rng": rng_state()}
+            "rng": rng_state(), "steps_seconds": run.steps_seconds}
 
 
 def out_of_memory_message(batch_size: int, length: int) -> str:
@@ -177,6 +177,9 @@ class PruningRun:
         self.masks: L0Masks | None = None
         self.last_loss = float("nan")
         self.timings: dict[str, float] = {}
+        # Seconds spent in training steps over every sitting, so a resumed run's elapsed_s and report
+        # count the whole run rather than the last sitting.
+        self.steps_seconds = 0.0
 
     def autocast(self):
         """The context the student's and the teacher's forward passes run in."""
@@ -344,6 +347,7 @@ class PruningRun:
             self._build_objective(student, None, None)
         self.optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
+        self.steps_seconds = state.get("steps_seconds", 0.0)  # absent from checkpoints written before 2026-12-05
 
     # ----------------------------------------------------------------- training
     def _train_step(self) -> dict[str, float]:
@@ -396,7 +400,8 @@ class PruningRun:
     def _train_steps(self, progress) -> bool:
         """Trains to the last step (True), or until cancelled (False) with a checkpoint to resume from."""
         window: dict[str, float] = {}
-        window_steps, window_start, started = 0, time.perf_counter(), time.perf_counter()
+        window_steps, window_start = 0, time.perf_counter()
+        started = time.perf_counter() - self.steps_seconds  # as if the earlier sittings ran just before
         while self.step < self.total_steps:
             if self.cancel.is_set():
                 self._save_checkpoint()
@@ -408,17 +413,18 @@ class PruningRun:
             for name, value in self._train_step().items():
                 window[name] = window.get(name, 0.0) + value
             self.step += 1
+            self.steps_seconds = time.perf_counter() - started
             window_steps += 1
             progress.update(1)
             if self.step % self.config.log_every == 0 or self.step == self.total_steps:
-                record = {"step": self.step, "phase": self.phase, "elapsed_s": time.perf_counter() - started}
+                record = {"step": self.step, "phase": self.phase, "elapsed_s": self.steps_seconds}
                 record.update({f"loss/{k}": v / window_steps for k, v in window.items() if k != "examples"})
                 record["examples_per_s"] = window.get("examples", 0.0) / max(time.perf_counter() - window_start, 1e-9)
                 self._log_step(record, progress)
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
                 self._emit("checkpoint", message=str(self._save_checkpoint()))
-        self.timings["steps"] = time.perf_counter() - started
+        self.timings["steps"] = self.steps_seconds
         self.timings["teacher"] = self.teacher.seconds  # within the steps: the teacher's outputs of new texts
         return True
 

@@ -100,6 +100,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_model_dir, tm
     assert json.loads((uninterrupted / "final_masks.json").read_text()) == json.loads(
         (interrupted / "final_masks.json").read_text()
     )
+    # Time in steps counts every sitting: elapsed_s grows across the resumes and the report's figure is its last.
+    elapsed = [json.loads(line)["elapsed_s"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert len(elapsed) == 8 and all(later > earlier for earlier, later in zip(elapsed, elapsed[1:], strict=False))
+    report = json.loads((interrupted / "report.json").read_text())
+    assert report["timings_s"]["steps"] == pytest.approx(elapsed[-1], abs=1e-6)
 
 
 def test_the_mask_phase_student_and_optimizer_are_freed_when_masks_are_fixed(tiny_model_dir, tmp_path):

@@ -172,14 +172,11 @@ class PruningRun:
         self.show_progress = show_progress
         self.allow_config_change = allow_config_change
         self.accelerator = make_accelerator(config)
-        self.step, self.total_steps, self.phase = 0, 0, "mask"
+        self.step, self.total_steps, self.phase, self.last_loss = 0, 0, "mask", float("nan")
         self.final_masks: StructureMasks | None = None
         self.masks: L0Masks | None = None
-        self.last_loss = float("nan")
         self.timings: dict[str, float] = {}
-        # Seconds spent in training steps over every sitting, so a resumed run's elapsed_s and report
-        # count the whole run rather than the last sitting.
-        self.steps_seconds = 0.0
+        self.steps_seconds = 0.0  # in training steps over every sitting: a resumed run counts its whole time
 
     def autocast(self):
         """The context the student's and the teacher's forward passes run in."""
@@ -199,9 +196,8 @@ class PruningRun:
             self.directory.write_status(state, self.step, self.total_steps, self.phase, message)
 
     def _gates(self) -> dict:
-        if self.final_masks is not None:
-            return self.final_masks.snapshot(self.inputs.source_config)
-        return self.masks.snapshot()
+        fixed = self.final_masks
+        return fixed.snapshot(self.inputs.source_config) if fixed is not None else self.masks.snapshot()
 
     # ----------------------------------------------------------------- the run
     def run(self, resume: bool = False) -> RunResult:
@@ -399,9 +395,8 @@ class PruningRun:
 
     def _train_steps(self, progress) -> bool:
         """Trains to the last step (True), or until cancelled (False) with a checkpoint to resume from."""
-        window: dict[str, float] = {}
-        window_steps, window_start = 0, time.perf_counter()
-        started = time.perf_counter() - self.steps_seconds  # as if the earlier sittings ran just before
+        window, window_steps, window_start = {}, 0, time.perf_counter()
+        started = window_start - self.steps_seconds  # as if the earlier sittings ran just before this one
         while self.step < self.total_steps:
             if self.cancel.is_set():
                 self._save_checkpoint()

@@ -154,7 +154,8 @@ def recipe_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 
 def train(run_dir: Path, overrides: list[str]) -> tuple[object, float]:
-    """Trains (or reuses the finished run in) `run_dir`; returns its export and its wall time."""
+    """Trains (or reuses the finished run in) `run_dir`; returns its export and the seconds its steps
+    took over every sitting (the run's own elapsed_s, so a resumed row is not timed from its last sitting)."""
     config = load_config(BASE_CONFIG, [f"output_dir={run_dir}", "eval_splits=[]", *overrides])
     status = run_dir / "status.json"
     if status.is_file() and json.loads(status.read_text())["state"] == "done":
@@ -163,12 +164,11 @@ def train(run_dir: Path, overrides: list[str]) -> tuple[object, float]:
             sys.exit(f"{run_dir} was trained with another recipe ({'; '.join(changes)}): move it and its row in "
                      "results/ aside to train the row again")
         print(f"{run_dir.name}: reusing the finished run", flush=True)
-        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-        return load_embedder(str(run_dir / "export"), trust_remote_code=True), last["elapsed_s"]
-    start = time.perf_counter()
-    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
-    result = PruningRun(config, show_progress=True).run(resume=resume)
-    return load_embedder(str(result.export_dir), trust_remote_code=True), time.perf_counter() - start
+    else:
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        PruningRun(config, show_progress=True).run(resume=resume)
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    return load_embedder(str(run_dir / "export"), trust_remote_code=True), last["elapsed_s"]
 
 
 def importance_masks(original, budget: int):
@@ -305,8 +305,11 @@ def plot(rows: dict, path: Path):
             axis.axhline(100, color="grey", linewidth=0.8, linestyle="--")
             axis.set(title=f"{title} (documents: {docs})", xlabel="share of the encoder kept", ylabel="% of the original")
             axis.grid(alpha=0.3)
-        row_axes[0].legend()
-    fig.tight_layout()
+    handles = {}  # one legend for the figure, below the panels, where it hides no curve
+    for axis in axes.flat:
+        handles.update(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.05 / len(documents), 1, 1))
     fig.savefig(path, dpi=110)
     return fig
 
